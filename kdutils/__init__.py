@@ -1,0 +1,55 @@
+"""kdutils: the small helper package shared by the course notebooks.
+
+Every notebook starts with ``cfg = kdutils.setup()``, which picks the profile
+(``KDSD_PROFILE``: ``tiny``, ``class`` or ``paper``), fixes the seeds, chooses
+the device and creates the output folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+
+from . import plots
+from .models import count_parameters
+from .profiles import PROFILES, Profile, get_profile
+from .tiny import resolve
+
+__all__ = ["PROFILES", "Profile", "count_parameters", "get_profile", "plots", "resolve", "seed_everything", "setup"]
+__version__ = "0.1.0"
+
+# There is no CPU build of torchvision; transformers then falls back to PIL
+# image processors, which is fine, and says so on every import.
+logging.getLogger("transformers.utils.import_utils").addFilter(lambda record: "requires torchvision" not in record.getMessage())
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch (CPU and CUDA) so reruns give the same numbers."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+
+
+def setup(profile: str | None = None, *, quiet: bool = False, **overrides) -> Profile:
+    """Pick the profile, seed everything, create the output folder and say so once.
+
+    ``profile`` defaults to ``KDSD_PROFILE`` (else ``class`` with CUDA, ``tiny``
+    without); keyword overrides win over ``KDSD_<NAME>`` environment variables.
+    """
+    import warnings
+
+    from .plots import use_korean_font
+
+    cfg = get_profile(profile, **overrides)
+    seed_everything(cfg.seed)
+    cfg.out()
+    if use_korean_font() is None:  # Hangul shows as boxes, but nothing breaks
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+    if not quiet:
+        print(cfg.summary())
+    return cfg

@@ -1,0 +1,129 @@
+"""Run the course: execute every numbered notebook in order in one profile.
+
+``python -m kdutils course`` writes an executed copy of each notebook and a
+summary (status and time per notebook) under ``<output folder>/course`` and
+stops at the first failing notebook, naming the notebook and the cell.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+@dataclass
+class NotebookResult:
+    notebook: str
+    status: str  # "ok" or "failed"
+    seconds: float
+    error: str = ""
+
+
+class CourseError(RuntimeError):
+    """A notebook failed; the message names the notebook, the cell and the error."""
+
+
+def find_notebooks(only: list[str] | None = None, folder: Path = NOTEBOOK_DIR) -> list[Path]:
+    """Numbered notebooks (``NN_topic.ipynb``) in teaching order, optionally filtered.
+
+    ``only`` takes numbers or names (``["03", "04_distill_roberta"]``).
+    """
+    notebooks = sorted(p for p in Path(folder).glob("[0-9][0-9]_*.ipynb"))
+    if not notebooks:
+        raise CourseError(f"no numbered notebooks (NN_topic.ipynb) in {folder}")
+    if only:
+        wanted = [w.removesuffix(".ipynb") for w in only]
+        picked = [p for p in notebooks if any(p.stem == w or p.stem.split("_")[0] == w for w in wanted)]
+        missing = [w for w in wanted if not any(p.stem == w or p.stem.split("_")[0] == w for p in picked)]
+        if missing:
+            raise CourseError(f"no notebook matches {missing}; available: {[p.stem for p in notebooks]}")
+        notebooks = picked
+    return notebooks
+
+
+def _failing_cell(nb) -> tuple[int, str]:
+    """Index (counting code cells from 1) and error line of the first cell with an error output."""
+    code_index = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        code_index += 1
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "error":
+                return code_index, f"{output.get('ename')}: {output.get('evalue')}"
+    return 0, "unknown error"
+
+
+def run_course(profile: str | None = None, only: list[str] | None = None, timeout: int = 3600,
+               folder: Path = NOTEBOOK_DIR) -> Path:
+    """Execute the notebooks in order; return the folder with executed copies and summary.
+
+    The kernels inherit ``KDSD_PROFILE`` from this process, so every notebook
+    runs in the same profile.
+    """
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+    from tqdm.auto import tqdm
+
+    from .profiles import get_profile
+
+    if profile:
+        os.environ["KDSD_PROFILE"] = profile
+    cfg = get_profile()
+    os.environ["KDSD_PROFILE"] = cfg.name
+    root = str(Path(__file__).resolve().parent.parent)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    out = cfg.out("course")
+    notebooks = find_notebooks(only, folder)
+    print(f"running {len(notebooks)} notebook(s) in profile {cfg.name!r}; executed copies go to {out}")
+
+    results: list[NotebookResult] = []
+    bar = tqdm(notebooks, unit="notebook")
+    try:
+        for path in bar:
+            bar.set_description(path.stem)
+            nb = nbformat.read(path, as_version=4)
+            n_code = sum(c.cell_type == "code" for c in nb.cells)
+            done = [0]
+
+            def on_cell_complete(cell, cell_index, **_):
+                done[0] += cell.cell_type == "code"
+                bar.set_postfix_str(f"cell {done[0]}/{n_code}")
+
+            client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                                    resources={"metadata": {"path": str(path.parent)}},
+                                    on_cell_complete=on_cell_complete)
+            start = time.perf_counter()
+            try:
+                client.execute()
+            except CellExecutionError:
+                seconds = time.perf_counter() - start
+                cell, error = _failing_cell(nb)
+                nbformat.write(nb, out / path.name)
+                results.append(NotebookResult(path.name, "failed", round(seconds, 1), f"cell {cell}: {error}"))
+                raise CourseError(
+                    f"{path.name} failed at code cell {cell}: {error}\n"
+                    f"the executed copy with the traceback is {out / path.name}"
+                ) from None
+            nbformat.write(nb, out / path.name)
+            results.append(NotebookResult(path.name, "ok", round(time.perf_counter() - start, 1)))
+    finally:
+        bar.close()
+        _write_summary(out, cfg.name, results)
+    return out
+
+
+def _write_summary(out: Path, profile: str, results: list[NotebookResult]) -> None:
+    rows = [asdict(r) for r in results]
+    (out / "summary.json").write_text(json.dumps({"profile": profile, "notebooks": rows}, indent=2) + "\n")
+    lines = [f"course run, profile {profile}", ""]
+    lines += [f"{r.status:6} {r.seconds:7.1f} s  {r.notebook}  {r.error}".rstrip() for r in results]
+    lines.append(f"\ntotal {sum(r.seconds for r in results):.1f} s")
+    (out / "summary.txt").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))

@@ -1,0 +1,63 @@
+"""Figures the notebooks share: image grids and loss curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+
+def image_grid(images: Sequence, titles: Sequence[str] | None = None, ncols: int | None = None,
+               row_labels: Sequence[str] | None = None, suptitle: str | None = None,
+               size: float = 2.2, save: str | Path | None = None):
+    """Show PIL images (or HxWx3 arrays) in a grid with optional titles; return the figure.
+
+    ``row_labels`` names each row on the left, ``save`` also writes a PNG.
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    n = len(images)
+    if n == 0:
+        raise ValueError("image_grid got no images")
+    ncols = ncols or min(n, 4)
+    nrows = (n + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + (0.4 if suptitle else 0)),
+                             squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        if i < n:
+            ax.imshow(np.asarray(images[i]))
+            if titles is not None:
+                ax.set_title(str(titles[i]), fontsize=8)
+    if row_labels is not None:
+        for r, label in enumerate(row_labels):
+            axes[r, 0].set_ylabel(label, fontsize=9)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    if save is not None:
+        Path(save).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(save, dpi=120, bbox_inches="tight")
+    return fig
+
+
+def use_korean_font() -> str | None:
+    """Pick an installed font with Hangul for matplotlib, if any; return its name.
+
+    Without one, Korean titles show as boxes; Colab users can install
+    ``fonts-nanum`` (apt) and rerun this.
+    """
+    import matplotlib
+    from matplotlib import font_manager
+
+    wanted = ("NanumGothic", "Noto Sans CJK KR", "Noto Sans KR", "Malgun Gothic", "AppleGothic", "UnDotum")
+    available = {f.name for f in font_manager.fontManager.ttflist}
+    for name in wanted:
+        if name in available:
+            matplotlib.rcParams["font.family"] = name
+            matplotlib.rcParams["axes.unicode_minus"] = False
+            return name
+    return None

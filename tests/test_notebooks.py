@@ -1,0 +1,57 @@
+"""Notebooks are lessons committed clean, and they all follow the course template."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def notebook_problems(path: Path) -> list[str]:
+    """What is committed that should not be: outputs, execution counts, widget state."""
+    nb = json.loads(Path(path).read_text(encoding="utf-8"))
+    problems = []
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] == "code" and cell.get("outputs"):
+            problems.append(f"cell {i} has outputs")
+        if cell["cell_type"] == "code" and cell.get("execution_count") is not None:
+            problems.append(f"cell {i} has an execution count")
+    if "widgets" in nb.get("metadata", {}):
+        problems.append("widget state in metadata")
+    return problems
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS and NOTEBOOKS[0].name.startswith("00_")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_clean(path):
+    assert notebook_problems(path) == [], f"clear outputs of {path.name} before committing"
+
+
+def test_the_check_catches_a_dirty_notebook(tmp_path):
+    nb = json.loads(NOTEBOOKS[0].read_text(encoding="utf-8"))
+    code = next(c for c in nb["cells"] if c["cell_type"] == "code")
+    code["outputs"] = [{"output_type": "stream", "name": "stdout", "text": "hi"}]
+    code["execution_count"] = 3
+    nb["metadata"]["widgets"] = {"state": {}}
+    dirty = tmp_path / "dirty.ipynb"
+    dirty.write_text(json.dumps(nb), encoding="utf-8")
+    assert len(notebook_problems(dirty)) == 3
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_follows_the_template(path):
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    cells = ["".join(c["source"]) for c in nb["cells"]]
+    kinds = [c["cell_type"] for c in nb["cells"]]
+    assert kinds[0] == "markdown" and cells[0].startswith("# ")
+    assert f"colab.research.google.com/github/" in cells[0] and f"notebooks/{path.name}" in cells[0]
+    assert "배울 것" in cells[0]
+    setup = next(c for c, k in zip(cells, kinds) if k == "code")
+    assert "google.colab" in setup and "pip install" in setup
+    assert any("kd.setup(" in c for c, k in zip(cells, kinds) if k == "code")
+    assert "정리" in cells[-1] and "연습문제" in cells[-1]
+    assert not any("cfg.name ==" in c or "cfg.name==" in c for c in cells), "sizes come from the profile"

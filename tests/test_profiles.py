@@ -1,0 +1,56 @@
+import pytest
+
+from kdutils.profiles import PROFILES, get_profile
+
+
+def test_tiny_is_the_default_without_cuda(monkeypatch):
+    monkeypatch.delenv("KDSD_PROFILE", raising=False)
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert get_profile().name == "tiny"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert get_profile().name == "class"
+
+
+def test_paper_profile_holds_the_study_hyperparameters():
+    p = PROFILES["paper"]
+    assert (p.sd_id, p.student_id) == ("CompVis/stable-diffusion-v1-4", "klue/roberta-small")
+    assert (p.num_pairs, p.num_epochs, p.batch_size, p.lr, p.weight_decay) == (250_000, 5, 32, 5e-5, 1e-4)
+    assert (p.warmup_ratio, p.max_length, p.image_size, p.num_inference_steps) == (0.1, 77, 512, 50)
+
+
+def test_environment_overrides_and_keywords_win(monkeypatch):
+    monkeypatch.setenv("KDSD_PROFILE", "class")
+    monkeypatch.setenv("KDSD_BATCH_SIZE", "8")
+    monkeypatch.setenv("KDSD_LR", "1e-4")
+    monkeypatch.setenv("KDSD_NUM_PAIRS", "none")
+    cfg = get_profile()
+    assert (cfg.name, cfg.batch_size, cfg.lr, cfg.num_pairs) == ("class", 8, 1e-4, None)
+    assert get_profile(batch_size=4).batch_size == 4
+    tiny = get_profile("tiny", num_pairs=100)
+    assert tiny.num_pairs == 100 and isinstance(tiny.num_pairs, int)
+
+
+def test_each_profile_writes_to_its_own_folder(monkeypatch):
+    monkeypatch.delenv("KDSD_OUTPUT_DIR", raising=False)
+    assert get_profile("tiny").output_dir != get_profile("class").output_dir
+    assert get_profile("tiny").output_dir.endswith("tiny")
+
+
+def test_bad_names_fail_clearly():
+    with pytest.raises(ValueError, match="unknown profile 'huge'"):
+        get_profile("huge")
+    with pytest.raises(TypeError, match="unknown profile value"):
+        get_profile("tiny", batchsize=3)
+    with pytest.raises(TypeError, match="unknown profile value"):
+        get_profile("tiny").replace(epochs=3)
+
+
+def test_setup_prints_the_profile_once_and_says_tiny_numbers_mean_nothing(capsys, tmp_path):
+    import kdutils
+
+    cfg = kdutils.setup("tiny", output_dir=str(tmp_path / "out"))
+    printed = capsys.readouterr().out
+    assert printed.count("profile=tiny") == 1 and "random" in printed
+    assert (tmp_path / "out").is_dir() and cfg.torch_device in ("cpu", "cuda")

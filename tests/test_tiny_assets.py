@@ -1,0 +1,91 @@
+"""The tiny offline models: deterministic, offline, loadable without kdutils."""
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kdutils import tiny
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    return tiny.build_all(tmp_path_factory.mktemp("tiny-a"))
+
+
+def test_rebuild_is_bit_identical_and_offline(built, tmp_path, no_network):
+    again = tiny.build_all(tmp_path / "tiny-b")
+    first, second = _digest(built), _digest(again)
+    assert any(name.endswith(".safetensors") for name in first)
+    assert first == second
+
+
+def test_resolve_builds_into_the_cache_and_leaves_hub_ids_alone(monkeypatch, tmp_path, no_network):
+    monkeypatch.setenv("KDSD_CACHE", str(tmp_path))
+    folder = Path(tiny.resolve("tiny/roberta-small"))
+    assert folder.is_dir() and (folder / "config.json").exists()
+    assert tiny.resolve("klue/roberta-small") == "klue/roberta-small"
+    with pytest.raises(ValueError, match="unknown tiny model"):
+        tiny.resolve("tiny/gpt")
+
+
+def test_clip_tokenizer_falls_back_to_bytes_for_korean(built):
+    from transformers import CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(str(built / "stable-diffusion"), subfolder="tokenizer")
+    en = tok.tokenize("a red apple")
+    ko = tok.tokenize("사과")
+    assert "red</w>" in en  # English words learned as whole tokens
+    assert len(ko) == len("사과".encode()) and tok.unk_token not in ko  # one piece per UTF-8 byte
+    assert tok.decode(tok("빨간 사과").input_ids, skip_special_tokens=True) == "빨간 사과"
+
+
+def test_student_tokenizer_is_laid_out_like_klue(built):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(built / "roberta-small"))
+    assert (tok.cls_token_id, tok.pad_token_id, tok.sep_token_id) == (0, 1, 2)
+    assert tok.model_max_length == 77
+    pieces = tok.tokenize("고양이가 잔디밭에서 잔다")
+    assert "고양이" in pieces and tok.unk_token not in pieces
+
+
+def test_teacher_width_matches_unet_and_student(built):
+    config = json.loads((built / "stable-diffusion" / "text_encoder" / "config.json").read_text())
+    unet = json.loads((built / "stable-diffusion" / "unet" / "config.json").read_text())
+    student = json.loads((built / "roberta-small" / "config.json").read_text())
+    assert config["hidden_size"] == unet["cross_attention_dim"] == student["hidden_size"]
+    assert config["max_position_embeddings"] == 77
+
+
+PLAIN_LOAD = """
+import sys, torch
+from diffusers import StableDiffusionPipeline
+from transformers import AutoModel, AutoTokenizer, CLIPModel, CLIPProcessor
+root = sys.argv[1]
+pipe = StableDiffusionPipeline.from_pretrained(root + "/stable-diffusion")
+image = pipe("a red apple", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np").images
+student = AutoModel.from_pretrained(root + "/roberta-small")
+tok = AutoTokenizer.from_pretrained(root + "/roberta-small")
+out = student(**tok(["빨간 사과"], return_tensors="pt")).last_hidden_state
+scorer = CLIPModel.from_pretrained(root + "/clip-scorer")
+CLIPProcessor.from_pretrained(root + "/clip-scorer")
+assert "kdutils" not in sys.modules
+print(image.shape, tuple(out.shape), type(student).__name__)
+"""
+
+
+def test_assets_load_with_plain_libraries_in_a_fresh_process(built):
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(built)}
+    result = subprocess.run([sys.executable, "-c", PLAIN_LOAD, str(built)], capture_output=True, text=True,
+                            env=env, cwd=built, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "(1, 64, 64, 3) (1, 4, 64) RobertaModel" in result.stdout
