@@ -1,13 +1,39 @@
-"""Korean-English sentence pairs: the bundled corpus, loaders and cleaning."""
+"""Korean-English sentence pairs: the bundled corpus, loaders, cleaning and splits.
+
+``load_pairs`` turns the bundled corpus, local files (CSV/TSV in UTF-8 or
+CP949, AI Hub ``.xlsx``, JSON/JSONL, Parquet) or a hub dataset into a
+``datasets.Dataset`` with the columns ``ko`` and ``en``. ``clean_pairs``
+normalises and filters them with a count per reason, and ``prepare_splits``
+saves a deterministic train/val/test split that every distillation notebook
+reuses.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+import unicodedata
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Iterable
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 BUNDLED_PAIRS = ASSETS / "pairs.jsonl"
 EVAL_PROMPTS = ASSETS / "eval_prompts.jsonl"
+FILE_TYPES = (".csv", ".tsv", ".xlsx", ".json", ".jsonl", ".parquet")
+SPLITS = ("train", "val", "test")
+
+# (Korean column, English column), compared case-insensitively
+KNOWN_COLUMNS = [
+    ("ko", "en"), ("원문", "번역문"), ("korean", "english"), ("korea", "english"), ("kor", "eng"),
+    ("non_english", "english"), ("translation.ko", "translation.en"), ("한국어", "영어"), ("src", "tgt"),
+]
+_HANGUL = re.compile(r"[\uac00-\ud7a3\u1100-\u11ff\u3130-\u318f]")
+_ZERO_WIDTH = re.compile(r"[\u200b\u200c\u200d\u2060\ufeff]")
+_SPACES = re.compile(r"\s+")
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -24,3 +50,366 @@ def read_bundled() -> list[dict]:
 def read_eval_prompts() -> list[dict]:
     """Korean prompts with English references, grouped by ``category``."""
     return read_jsonl(EVAL_PROMPTS)
+
+
+def hangul_share(texts: Iterable[str | None]) -> float:
+    """Share of non-empty texts that contain at least one Hangul character."""
+    texts = [t for t in texts if isinstance(t, str) and t.strip()]
+    return sum(bool(_HANGUL.search(t)) for t in texts) / len(texts) if texts else 0.0
+
+
+# ------------------------------------------------------------------ loading
+def load_pairs(source: str | Path, *, ko_col: str | None = None, en_col: str | None = None,
+               config: str | None = None, split: str | None = None, limit: int | None = None,
+               encoding: str | None = None, seed: int = 0):
+    """Load Korean-English pairs as a ``datasets.Dataset`` with columns ``ko``, ``en``, ``source``.
+
+    ``source`` is ``"bundled"``, a file or folder of files, or a hub dataset id
+    (``config``/``split`` as in ``load_dataset``; with ``limit`` the set is
+    streamed, shuffled in a buffer and cut, never loaded whole). Columns are
+    detected from known names and the Korean side is checked by its Hangul share.
+    """
+    from datasets import Dataset
+
+    if str(source) == "bundled":
+        rows = read_bundled()
+        if limit is not None:
+            rows = rows[:limit]
+        return Dataset.from_list([{"ko": r["ko"], "en": r["en"], "source": "bundled", "id": r["id"],
+                                   "category": r["category"], "split": r["split"]} for r in rows])
+    path = Path(source).expanduser()
+    if path.exists():
+        files = _data_files(path)
+        frames = []
+        for file in files:
+            records = _read_file(file, encoding)
+            ko, en = _pick_columns(records, ko_col, en_col, where=str(file))
+            frames += [{"ko": _text(r.get(ko)), "en": _text(r.get(en)), "source": file.name} for r in records]
+        rows = frames[:limit] if limit is not None else frames
+    elif _looks_like_path(str(source)):
+        raise FileNotFoundError(f"no such file or folder: {source} (pass a path to .csv/.tsv/.xlsx/.json/"
+                                f".jsonl/.parquet data, a folder of them, 'bundled', or a hub dataset id)")
+    else:
+        records = _from_hub(str(source), config, split or "train", limit, seed)
+        ko, en = _pick_columns(records, ko_col, en_col, where=f"hub dataset {source}")
+        rows = [{"ko": _text(r.get(ko)), "en": _text(r.get(en)), "source": str(source)} for r in records]
+    if not rows:
+        raise ValueError(f"{source} has no rows")
+    return Dataset.from_list(rows)
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or source.lower().endswith(FILE_TYPES) or "\\" in source
+
+
+def _data_files(path: Path) -> list[Path]:
+    if path.is_file():
+        if path.suffix.lower() not in FILE_TYPES:
+            raise ValueError(f"{path.name}: unsupported file type {path.suffix!r}; use one of {FILE_TYPES}")
+        return [path]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in FILE_TYPES
+                   and not p.name.startswith((".", "~$")))
+    if not files:
+        raise ValueError(f"folder {path} holds no data files of types {FILE_TYPES}")
+    return files
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, float) and value != value:  # NaN from pandas
+        return None
+    return str(value)
+
+
+def _decode(raw: bytes, name: str, encoding: str | None) -> str:
+    """UTF-8 (with or without BOM), else CP949/EUC-KR as Korean Excel saves CSV."""
+    if not raw.strip():
+        raise ValueError(f"{name} is empty")
+    tried = [encoding] if encoding else ["utf-8-sig", "cp949"]
+    for enc in tried:
+        try:
+            return raw.decode(enc)
+        except (UnicodeDecodeError, LookupError):
+            continue
+    raise ValueError(f"cannot decode {name} as {' or '.join(tried)}; re-save it as UTF-8 or pass encoding=...")
+
+
+def _read_file(path: Path, encoding: str | None) -> list[dict]:
+    import io
+
+    import pandas as pd
+
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        text = _decode(path.read_bytes(), path.name, encoding)
+        frame = pd.read_csv(io.StringIO(text), sep="\t" if suffix == ".tsv" else ",", dtype=str,
+                            keep_default_na=False, na_values=[""])
+        records = frame.to_dict("records")
+    elif suffix == ".xlsx":
+        if path.stat().st_size == 0:
+            raise ValueError(f"{path.name} is empty")
+        records = pd.read_excel(path, dtype=str).to_dict("records")
+    elif suffix == ".parquet":
+        records = pd.read_parquet(path).to_dict("records")
+    else:
+        text = _decode(path.read_bytes(), path.name, encoding)
+        if suffix == ".jsonl":
+            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            data = json.loads(text)
+            if isinstance(data, dict):  # e.g. {"data": [...]} as some AI Hub JSON files ship
+                lists = [v for v in data.values() if isinstance(v, list)]
+                if len(lists) != 1:
+                    raise ValueError(f"{path.name}: expected a list of records or one list inside an object")
+                data = lists[0]
+            records = data
+    records = [_flatten(r) for r in records]
+    if not records:
+        raise ValueError(f"{path.name} has a header but no rows")
+    return records
+
+
+def _flatten(record: dict, prefix: str = "") -> dict:
+    """``{"translation": {"ko": .., "en": ..}}`` becomes ``{"translation.ko": .., "translation.en": ..}``."""
+    flat: dict = {}
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _pick_columns(records: list[dict], ko_col: str | None, en_col: str | None, where: str) -> tuple[str, str]:
+    columns = list(dict.fromkeys(k for r in records[:50] for k in r))
+    sample = records[:500]
+    if ko_col or en_col:
+        missing = [c for c in (ko_col, en_col) if c is None or c not in columns]
+        if missing:
+            raise ValueError(f"{where}: pass both ko_col= and en_col= naming existing columns "
+                             f"(columns: {', '.join(map(str, columns))})")
+        ko_share, en_share = (hangul_share(r.get(c) for r in sample) for c in (ko_col, en_col))
+        if en_share > ko_share:
+            raise ValueError(f"{where}: ko_col={ko_col!r} has less Hangul ({ko_share:.0%}) than "
+                             f"en_col={en_col!r} ({en_share:.0%}); the columns look swapped")
+        return ko_col, en_col
+    lower = {str(c).strip().lower(): c for c in columns}
+    for ko_name, en_name in KNOWN_COLUMNS:
+        if ko_name in lower and en_name in lower:
+            ko, en = lower[ko_name], lower[en_name]
+            ko_share, en_share = (hangul_share(r.get(c) for r in sample) for c in (ko, en))
+            if max(ko_share, en_share) < 0.3:
+                raise ValueError(f"{where}: neither {ko!r} ({ko_share:.0%}) nor {en!r} ({en_share:.0%}) "
+                                 f"looks Korean (share of rows with Hangul); pass ko_col=/en_col=")
+            if en_share > ko_share:
+                warnings.warn(f"{where}: column {en!r} holds the Korean text ({en_share:.0%} Hangul) and "
+                              f"{ko!r} the English; using them swapped", stacklevel=3)
+                ko, en = en, ko
+            return ko, en
+    raise ValueError(f"{where}: no Korean/English column pair found (columns: {', '.join(map(str, columns))}); "
+                     f"pass ko_col=... and en_col=...")
+
+
+def _from_hub(dataset_id: str, config: str | None, split: str, limit: int | None, seed: int) -> list[dict]:
+    from datasets import load_dataset
+
+    try:
+        if limit is None:
+            ds = load_dataset(dataset_id, config, split=split)
+        else:  # stream and shuffle in a buffer: a million-pair set is never loaded whole
+            ds = load_dataset(dataset_id, config, split=split, streaming=True)
+            ds = ds.shuffle(seed=seed, buffer_size=10_000).take(limit)
+    except Exception as err:
+        raise ValueError(f"could not load hub dataset {dataset_id!r} (config {config!r}, split {split!r}): "
+                         f"{err}. Offline? Use a local file or 'bundled'.") from err
+    return [_flatten(r) for r in ds]
+
+
+# ----------------------------------------------------------------- cleaning
+@dataclass
+class CleaningReport:
+    """How many rows cleaning changed (``fixed``) and removed (``dropped``), by reason."""
+
+    rows_in: int
+    rows_out: int = 0
+    fixed: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    def to_frame(self):
+        """A table with one row per reason, for notebooks."""
+        import pandas as pd
+
+        rows = [("fixed", k, v) for k, v in self.fixed.items()] + [("dropped", k, v) for k, v in self.dropped.items()]
+        rows += [("kept", "rows kept", self.rows_out)]
+        return pd.DataFrame(rows, columns=["action", "reason", "rows"])
+
+    def __str__(self) -> str:
+        return (f"{self.rows_in} rows in, {self.rows_out} kept; dropped {self.dropped}; fixed {self.fixed}")
+
+
+def normalize_text(text: str) -> str:
+    """NFC (macOS gives decomposed Hangul), no zero-width characters, single spaces, stripped."""
+    text = unicodedata.normalize("NFC", text)
+    text = _ZERO_WIDTH.sub("", text)
+    return _SPACES.sub(" ", text).strip()
+
+
+def token_lengths(tokenizer, texts: list[str]) -> list[int]:
+    """Tokens per text including special tokens, without truncation."""
+    if not texts:
+        return []
+    return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=True, truncation=False,
+                                          verbose=False)["input_ids"]]
+
+
+def clean_pairs(ds, *, teacher_tokenizer=None, student_tokenizer=None, max_length: int = 77,
+                max_ratio: float | None = None):
+    """Normalise and filter pairs; return ``(dataset, CleaningReport)``.
+
+    Drops, in order: null or empty sides, exact duplicate pairs, English over
+    ``max_length`` teacher tokens, either side over ``max_length`` student
+    tokens, and (with ``max_ratio``) pairs whose Korean/English length ratio is
+    more than ``max_ratio`` times off the median. Raises if nothing is left.
+    """
+    report = CleaningReport(rows_in=len(ds))
+    fixed: Counter = Counter()
+    dropped: Counter = Counter()
+    keep, seen = [], set()
+    kos, ens = ds["ko"], ds["en"]
+    for i, (ko, en) in enumerate(zip(kos, ens)):
+        if ko is None or en is None or not str(ko).strip() or not str(en).strip():
+            dropped["null or empty"] += 1
+            continue
+        new_ko, new_en = normalize_text(ko), normalize_text(en)
+        nfc_ko, nfc_en = unicodedata.normalize("NFC", ko), unicodedata.normalize("NFC", en)
+        if (nfc_ko, nfc_en) != (ko, en):
+            fixed["unicode NFC"] += 1
+        if (new_ko, new_en) != (nfc_ko, nfc_en):
+            fixed["whitespace / zero-width"] += 1
+        if not new_ko or not new_en:
+            dropped["null or empty"] += 1
+            continue
+        if (new_ko, new_en) in seen:
+            dropped["duplicate"] += 1
+            continue
+        seen.add((new_ko, new_en))
+        keep.append((i, new_ko, new_en))
+
+    def over(tokenizer, texts):
+        return [n > max_length for n in token_lengths(tokenizer, texts)]
+
+    if teacher_tokenizer is not None and keep:
+        too_long = over(teacher_tokenizer, [en for _, _, en in keep])
+        dropped[f"en over {max_length} teacher tokens"] += sum(too_long)
+        keep = [k for k, bad in zip(keep, too_long) if not bad]
+    if student_tokenizer is not None and keep:
+        too_long = [a or b for a, b in zip(over(student_tokenizer, [ko for _, ko, _ in keep]),
+                                           over(student_tokenizer, [en for _, _, en in keep]))]
+        dropped[f"over {max_length} student tokens"] += sum(too_long)
+        keep = [k for k, bad in zip(keep, too_long) if not bad]
+    if max_ratio is not None and keep:
+        import statistics
+
+        ratios = [len(ko) / len(en) for _, ko, en in keep]
+        median = statistics.median(ratios)
+        bad = [max(r / median, median / r) > max_ratio for r in ratios]
+        dropped[f"length ratio over {max_ratio}x median"] += sum(bad)
+        keep = [k for k, b in zip(keep, bad) if not b]
+    if not keep:
+        raise ValueError(f"cleaning removed all {len(ds)} pairs ({dict(dropped)}); check the columns "
+                         f"(ko_col=/en_col=) or loosen max_length/max_ratio")
+    indices = [i for i, _, _ in keep]
+    out = ds.select(indices)
+    out = out.remove_columns(["ko", "en"]).add_column("ko", [k for _, k, _ in keep]).add_column(
+        "en", [e for _, _, e in keep])
+    out = out.select_columns(["ko", "en"] + [c for c in out.column_names if c not in ("ko", "en")])
+    report.rows_out = len(out)
+    report.fixed = {k: fixed.get(k, 0) for k in ("unicode NFC", "whitespace / zero-width")}
+    report.dropped = dict(dropped)
+    return out, report
+
+
+# ------------------------------------------------------------------- splits
+def split_pairs(ds, *, seed: int = 0, val_fraction: float = 0.05, test_fraction: float = 0.05,
+                max_eval: int = 2000):
+    """A ``DatasetDict`` with train/val/test.
+
+    A ``split`` column (the bundled corpus) is used as it is; otherwise a
+    permutation from ``seed`` assigns rows, with val and test capped at
+    ``max_eval`` pairs each. The same data and seed always give the same split.
+    """
+    import numpy as np
+    from datasets import DatasetDict
+
+    if "split" in ds.column_names:
+        labels = ds["split"]
+        parts = {name: ds.select([i for i, s in enumerate(labels) if s == name]).remove_columns("split")
+                 for name in SPLITS}
+    else:
+        n = len(ds)
+        n_val = min(max_eval, max(1, round(n * val_fraction)))
+        n_test = min(max_eval, max(1, round(n * test_fraction)))
+        if n < n_val + n_test + 1:
+            raise ValueError(f"{n} pairs are too few to split into train/val/test")
+        order = np.random.default_rng(seed).permutation(n)
+        parts = {"val": ds.select(sorted(order[:n_val])), "test": ds.select(sorted(order[n_val:n_val + n_test])),
+                 "train": ds.select(sorted(order[n_val + n_test:]))}
+    empty = [name for name, part in parts.items() if len(part) == 0]
+    if empty:
+        raise ValueError(f"split(s) {empty} are empty; the data has too few pairs")
+    return DatasetDict({name: parts[name] for name in SPLITS})
+
+
+def fingerprint(splits) -> str:
+    """A short hash of the pairs in every split, stored with checkpoints."""
+    h = hashlib.sha256()
+    for name in SPLITS:
+        for ko, en in zip(splits[name]["ko"], splits[name]["en"]):
+            h.update(f"{name}\t{ko}\t{en}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def splits_dir(cfg) -> Path:
+    """Where ``prepare_splits`` saves the cleaned splits of a profile."""
+    return Path(cfg.output_dir) / "data" / "pairs"
+
+
+def save_splits(splits, cfg, report: CleaningReport | None = None) -> Path:
+    """Save the splits with ``datasets`` plus a JSON with counts, fingerprint and cleaning report."""
+    folder = splits_dir(cfg)
+    splits.save_to_disk(str(folder))
+    info = {"source": cfg.data_source, "config": cfg.data_config, "num_pairs": cfg.num_pairs,
+            "sizes": {k: len(v) for k, v in splits.items()}, "fingerprint": fingerprint(splits),
+            "cleaning": None if report is None else {"rows_in": report.rows_in, "rows_out": report.rows_out,
+                                                     "fixed": report.fixed, "dropped": report.dropped}}
+    (folder / "info.json").write_text(json.dumps(info, ensure_ascii=False, indent=2) + "\n")
+    return folder
+
+
+def prepare_splits(cfg, *, rebuild: bool = False):
+    """The cleaned train/val/test splits of the profile: loaded if saved, else built and saved.
+
+    Built = ``load_pairs(cfg.data_source)``, ``clean_pairs`` under the teacher's
+    and the student's tokenizers, ``split_pairs(seed=cfg.seed)``.
+    """
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer, CLIPTokenizer
+
+    from .tiny import resolve
+
+    folder = splits_dir(cfg)
+    info_file = folder / "info.json"
+    if info_file.exists() and not rebuild:
+        info = json.loads(info_file.read_text())
+        if (info["source"], info["config"], info["num_pairs"]) == (cfg.data_source, cfg.data_config, cfg.num_pairs):
+            return load_from_disk(str(folder))
+    teacher_tokenizer = CLIPTokenizer.from_pretrained(resolve(cfg.sd_id), subfolder="tokenizer")
+    student_tokenizer = AutoTokenizer.from_pretrained(resolve(cfg.student_id))
+    pairs = load_pairs(cfg.data_source, config=cfg.data_config, limit=cfg.num_pairs, seed=cfg.seed)
+    pairs, report = clean_pairs(pairs, teacher_tokenizer=teacher_tokenizer, student_tokenizer=student_tokenizer,
+                                max_length=cfg.max_length)
+    splits = split_pairs(pairs, seed=cfg.seed)
+    save_splits(splits, cfg, report)
+    return splits
