@@ -107,8 +107,10 @@ def _data_files(path: Path) -> list[Path]:
         if path.suffix.lower() not in FILE_TYPES:
             raise ValueError(f"{path.name}: unsupported file type {path.suffix!r}; use one of {FILE_TYPES}")
         return [path]
+    # skip hidden files and folders (.ipynb_checkpoints holds copies) and Excel lock files
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in FILE_TYPES
-                   and not p.name.startswith((".", "~$")))
+                   and not p.name.startswith("~$")
+                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
     if not files:
         raise ValueError(f"folder {path} holds no data files of types {FILE_TYPES}")
     return files
@@ -129,9 +131,12 @@ def _decode(raw: bytes, name: str, encoding: str | None) -> str:
     tried = [encoding] if encoding else ["utf-8-sig", "cp949"]
     for enc in tried:
         try:
-            return raw.decode(enc)
+            text = raw.decode(enc)
         except (UnicodeDecodeError, LookupError):
             continue
+        if not text.lstrip("\ufeff").strip():  # e.g. only the BOM that Excel writes
+            raise ValueError(f"{name} is empty")
+        return text
     raise ValueError(f"cannot decode {name} as {' or '.join(tried)}; re-save it as UTF-8 or pass encoding=...")
 
 
@@ -251,9 +256,9 @@ class CleaningReport:
 
 def normalize_text(text: str) -> str:
     """NFC (macOS gives decomposed Hangul), no zero-width characters, single spaces, stripped."""
-    text = unicodedata.normalize("NFC", text)
     text = _ZERO_WIDTH.sub("", text)
-    return _SPACES.sub(" ", text).strip()
+    text = _SPACES.sub(" ", text).strip()
+    return unicodedata.normalize("NFC", text)
 
 
 def token_lengths(tokenizer, texts: list[str]) -> list[int]:
@@ -320,11 +325,15 @@ def clean_pairs(ds, *, teacher_tokenizer=None, student_tokenizer=None, max_lengt
     if not keep:
         raise ValueError(f"cleaning removed all {len(ds)} pairs ({dict(dropped)}); check the columns "
                          f"(ko_col=/en_col=) or loosen max_length/max_ratio")
-    indices = [i for i, _, _ in keep]
-    out = ds.select(indices)
-    out = out.remove_columns(["ko", "en"]).add_column("ko", [k for _, k, _ in keep]).add_column(
-        "en", [e for _, _, e in keep])
-    out = out.select_columns(["ko", "en"] + [c for c in out.column_names if c not in ("ko", "en")])
+    from datasets import Dataset
+
+    kos, ens = [k for _, k, _ in keep], [e for _, _, e in keep]
+    rest = ds.select([i for i, _, _ in keep]).remove_columns(["ko", "en"])
+    if rest.column_names:
+        out = rest.add_column("ko", kos).add_column("en", ens)
+        out = out.select_columns(["ko", "en"] + [c for c in out.column_names if c not in ("ko", "en")])
+    else:  # add_column on a dataset without columns fails (its row count is lost)
+        out = Dataset.from_dict({"ko": kos, "en": ens})
     report.rows_out = len(out)
     report.fixed = {k: fixed.get(k, 0) for k in ("unicode NFC", "whitespace / zero-width")}
     report.dropped = dict(dropped)
@@ -344,7 +353,11 @@ def split_pairs(ds, *, seed: int = 0, val_fraction: float = 0.05, test_fraction:
     from datasets import DatasetDict
 
     if "split" in ds.column_names:
-        labels = ds["split"]
+        labels = list(ds["split"])
+        unknown = sorted({str(s) for s in labels} - set(SPLITS))
+        if unknown:
+            raise ValueError(f"the split column holds {unknown}; use only {list(SPLITS)} "
+                             f"or remove the column to split by seed")
         parts = {name: ds.select([i for i, s in enumerate(labels) if s == name]).remove_columns("split")
                  for name in SPLITS}
     else:
@@ -376,15 +389,21 @@ def splits_dir(cfg) -> Path:
     return Path(cfg.output_dir) / "data" / "pairs"
 
 
+def _build_settings(cfg) -> dict:
+    """The profile values that decide the splits; a saved copy is reused only if they all match."""
+    return {"source": cfg.data_source, "config": cfg.data_config, "num_pairs": cfg.num_pairs,
+            "seed": cfg.seed, "max_length": cfg.max_length, "sd_id": cfg.sd_id, "student_id": cfg.student_id}
+
+
 def save_splits(splits, cfg, report: CleaningReport | None = None) -> Path:
     """Save the splits with ``datasets`` plus a JSON with counts, fingerprint and cleaning report."""
     folder = splits_dir(cfg)
     splits.save_to_disk(str(folder))
-    info = {"source": cfg.data_source, "config": cfg.data_config, "num_pairs": cfg.num_pairs,
-            "sizes": {k: len(v) for k, v in splits.items()}, "fingerprint": fingerprint(splits),
+    info = {**_build_settings(cfg), "sizes": {k: len(v) for k, v in splits.items()},
+            "fingerprint": fingerprint(splits),
             "cleaning": None if report is None else {"rows_in": report.rows_in, "rows_out": report.rows_out,
                                                      "fixed": report.fixed, "dropped": report.dropped}}
-    (folder / "info.json").write_text(json.dumps(info, ensure_ascii=False, indent=2) + "\n")
+    (folder / "info.json").write_text(json.dumps(info, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     return folder
 
 
@@ -402,8 +421,8 @@ def prepare_splits(cfg, *, rebuild: bool = False):
     folder = splits_dir(cfg)
     info_file = folder / "info.json"
     if info_file.exists() and not rebuild:
-        info = json.loads(info_file.read_text())
-        if (info["source"], info["config"], info["num_pairs"]) == (cfg.data_source, cfg.data_config, cfg.num_pairs):
+        info = json.loads(info_file.read_text(encoding="utf-8"))
+        if all(info.get(k) == v for k, v in _build_settings(cfg).items()):
             return load_from_disk(str(folder))
     teacher_tokenizer = CLIPTokenizer.from_pretrained(resolve(cfg.sd_id), subfolder="tokenizer")
     student_tokenizer = AutoTokenizer.from_pretrained(resolve(cfg.student_id))
