@@ -11,12 +11,13 @@ import logging
 import os
 import random
 
-from . import data, plots
-from .models import count_parameters
+from . import data, distill, plots
+from .models import EXPERIMENTS, count_parameters, load_student, load_teacher
 from .profiles import PROFILES, Profile, get_profile
 from .tiny import resolve
 
-__all__ = ["PROFILES", "Profile", "count_parameters", "data", "get_profile", "plots", "resolve", "seed_everything", "setup"]
+__all__ = ["EXPERIMENTS", "PROFILES", "Profile", "count_parameters", "data", "distill", "load_student",
+           "load_teacher", "get_profile", "plots", "resolve", "seed_everything", "setup"]
 __version__ = "0.1.0"
 
 # There is no CPU build of torchvision; transformers then falls back to PIL

@@ -61,3 +61,32 @@ def use_korean_font() -> str | None:
             matplotlib.rcParams["axes.unicode_minus"] = False
             return name
     return None
+
+
+def loss_curves(metrics: dict, title: str | None = None, save: str | Path | None = None):
+    """Train loss and validation loss (en, ko) against steps, from ``metrics.json`` or a result.
+
+    Accepts the dict that ``kd.distill.load_metrics`` returns or a ``DistillResult``.
+    """
+    import matplotlib.pyplot as plt
+
+    history = metrics["history"] if isinstance(metrics, dict) else metrics.history
+    train_log = metrics["train_log"] if isinstance(metrics, dict) else metrics.train_log
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
+    left.plot([r["step"] for r in train_log], [r["loss"] for r in train_log], label="train loss")
+    left.plot([h["step"] for h in history], [h["val_loss"] for h in history], "o-", label="val loss")
+    right.plot([h["step"] for h in history], [h["mse_en"] for h in history], "o-", label="val en")
+    right.plot([h["step"] for h in history], [h["mse_ko"] for h in history], "o-", label="val ko")
+    for ax, name in ((left, "loss (MSE x 100)"), (right, "val MSE x 100 by language")):
+        ax.set_xlabel("step")
+        ax.set_ylabel(name)
+        ax.set_yscale("log")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    if save is not None:
+        Path(save).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(save, dpi=120, bbox_inches="tight")
+    return fig

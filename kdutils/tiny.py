@@ -22,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 TINY_PREFIX = "tiny/"
-ASSETS_VERSION = "v1"
+ASSETS_VERSION = "v2"
 NAMES = ("stable-diffusion", "roberta-small", "clip-scorer")
 
 HIDDEN = 64  # teacher hidden size = UNet cross-attention dim = student hidden size
@@ -201,6 +201,29 @@ def _text_config(tokenizer):
     )
 
 
+def _make_sentence_level(text_encoder) -> None:
+    """Rescale a random CLIP text encoder so its outputs depend on the sentence's words.
+
+    With the default initialisation the tiny embeddings vanish next to the
+    random MLPs and every output is an arbitrary function of token and
+    position, which no student can learn from a few hundred pairs. A trained
+    CLIP instead carries the words of the prompt and a running summary of it.
+    So: unit-scale token embeddings, zero query/key weights (each position
+    averages everything before it, as causal attention with no preference
+    would), a stronger value path and a weaker MLP. Still random: no semantics.
+    """
+    import torch
+
+    with torch.no_grad():
+        text_encoder.embeddings.token_embedding.weight.mul_(50.0)
+        for layer in text_encoder.encoder.layers:
+            layer.self_attn.q_proj.weight.zero_()
+            layer.self_attn.k_proj.weight.zero_()
+            layer.self_attn.v_proj.weight.mul_(10.0)
+            layer.self_attn.out_proj.weight.mul_(10.0)
+            layer.mlp.fc2.weight.mul_(0.3)
+
+
 def _build_sd(folder: Path) -> None:
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
@@ -208,6 +231,7 @@ def _build_sd(folder: Path) -> None:
     tokenizer = build_clip_tokenizer()
     _seeded(0)
     text_encoder = CLIPTextModel(_text_config(tokenizer))
+    _make_sentence_level(text_encoder)
     _seeded(1)
     unet = UNet2DConditionModel(
         sample_size=IMAGE_SIZE // 8, in_channels=4, out_channels=4, layers_per_block=1,
@@ -240,6 +264,7 @@ def _build_student(folder: Path) -> None:
         vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=4 * HIDDEN,
         num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=MAX_LENGTH + 3,
         type_vocab_size=1, pad_token_id=tokenizer.pad_token_id,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,  # klue uses 0.1; tiny trains too briefly
         bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
     )
     _seeded(3)

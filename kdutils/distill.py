@@ -1,0 +1,477 @@
+"""The distillation engine shared by notebooks 03-05 and ``python -m kdutils train``.
+
+The loss is the study's: ``MSE(student(en), teacher(en)) + MSE(student(ko), teacher(en))``
+on the last hidden state (``sequence``, what the UNet reads) or on pooled
+vectors (``pooled``), plus an optional term that teaches the empty prompt used
+by classifier-free guidance. The student is called exactly as diffusers'
+``encode_prompt`` calls a text encoder, so what it learns is what the
+pipeline gets. Training runs under Hugging Face Accelerate: mixed precision on
+CUDA, fp32 on CPU, and data parallel under ``accelerate launch``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .models import EXPERIMENTS, load_student, load_teacher
+from .metrics import masked_mean, retrieval_accuracy
+
+TARGETS = {"clip": "sequence", "roberta": "sequence", "roberta_pooler": "pooled"}
+
+# The study's lowest validation losses as it logged them (its numbers, its scale).
+STUDY_RESULTS = {
+    "clip": {"val_loss": 0.5647, "mse_en": 0.0694, "mse_ko": 0.4954},
+    "roberta": {"val_loss": 0.9631, "mse_en": 0.4643, "mse_ko": 0.4988},
+    "roberta_pooler": {"val_loss": 1.0813, "mse_en": 0.5319, "mse_ko": 0.5494},
+}
+
+
+# ----------------------------------------------------------------- encoding
+@dataclass
+class Tokens:
+    """Pre-tokenised texts: ids and attention mask, padded to ``max_length``."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def take(self, index) -> "Tokens":
+        return Tokens(self.ids[index], self.mask[index])
+
+
+def tokenize(tokenizer, texts: list[str], max_length: int | None = None) -> Tokens:
+    """Tokenise as diffusers does for prompts: pad to ``max_length`` (77) and truncate."""
+    batch = tokenizer(list(texts), padding="max_length", max_length=max_length or tokenizer.model_max_length,
+                      truncation=True, return_tensors="pt")
+    return Tokens(batch.input_ids, batch.attention_mask)
+
+
+def encode(encoder, ids: torch.Tensor, mask: torch.Tensor):
+    """Run a text encoder the way ``StableDiffusionPipeline.encode_prompt`` does.
+
+    The attention mask is passed only when ``encoder.config.use_attention_mask``
+    is true (the Korean students set it; CLIP, as in SD, gets none).
+    Returns the model output: ``[0]`` is what the UNet reads.
+    """
+    config = getattr(encoder, "module", encoder).config  # also through a DDP wrapper
+    use_mask = bool(getattr(config, "use_attention_mask", False))
+    return encoder(ids, attention_mask=mask if use_mask else None)
+
+
+@torch.no_grad()
+def embed(encoder, tokenizer, texts: list[str], device: str | None = None, pooled: bool = False) -> torch.Tensor:
+    """Embeddings of ``texts`` as the pipeline would compute them (no gradients)."""
+    device = device or next(encoder.parameters()).device
+    tokens = tokenize(tokenizer, texts)
+    out = encode(encoder, tokens.ids.to(device), tokens.mask.to(device))
+    return out.pooler_output if pooled else out[0]
+
+
+def distill_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, batch_size: int):
+    """The study's loss on a student batch laid out as ``[en; ko]`` (each ``batch_size`` rows).
+
+    Returns ``(loss, loss_en, loss_ko)`` with ``loss = loss_en + loss_ko``.
+    """
+    s = student_out.float()
+    t = teacher_out.float()
+    loss_en = F.mse_loss(s[:batch_size], t)
+    loss_ko = F.mse_loss(s[batch_size:2 * batch_size], t)
+    return loss_en + loss_ko, loss_en, loss_ko
+
+
+# --------------------------------------------------------------- evaluation
+@dataclass
+class EvalData:
+    """What evaluation needs for one split: tokens and the teacher's targets (on the CPU)."""
+
+    teacher_mask: torch.Tensor
+    teacher_seq: torch.Tensor
+    teacher_pooled: torch.Tensor
+    en: Tokens
+    ko: Tokens
+
+
+@torch.no_grad()
+def teacher_targets(teacher, tokens: Tokens, device, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher's sequence and pooled outputs for pre-tokenised English, kept on the CPU."""
+    seqs, pooled = [], []
+    for start in range(0, len(tokens), batch_size):
+        part = tokens.take(slice(start, start + batch_size))
+        out = encode(teacher, part.ids.to(device), part.mask.to(device))
+        seqs.append(out[0].cpu())
+        pooled.append(out.pooler_output.cpu())
+    return torch.cat(seqs), torch.cat(pooled)
+
+
+def prepare_eval(teacher, teacher_tokenizer, student_tokenizer, split, device, max_length: int) -> EvalData:
+    """Tokenise a split for both models and compute the teacher's targets once."""
+    teacher_tokens = tokenize(teacher_tokenizer, split["en"], max_length)
+    seq, pooled = teacher_targets(teacher, teacher_tokens, device)
+    return EvalData(teacher_tokens.mask, seq, pooled, tokenize(student_tokenizer, split["en"], max_length),
+                    tokenize(student_tokenizer, split["ko"], max_length))
+
+
+@torch.no_grad()
+def evaluate(student, data: EvalData, empty: tuple[Tokens, torch.Tensor], target: str, device,
+             batch_size: int = 64, accelerator=None) -> dict[str, float]:
+    """Held-out metrics of a student against the teacher's English targets.
+
+    MSE values are multiplied by 100. ``mse_en``/``mse_ko`` are on the
+    experiment's target (its loss terms; ``val_loss`` is their sum);
+    ``seq_mse_*`` and ``cos_*`` always compare the 77 x hidden sequence the
+    UNet reads; ``r1_ko2en``/``r1_en2ko`` are top-1 retrieval accuracies of
+    masked mean-pooled embeddings; ``empty_mse`` compares the embeddings of ``""``.
+    """
+    was_training = student.training
+    student.eval()
+    n = len(data.en)
+    rank = accelerator.process_index if accelerator else 0
+    world = accelerator.num_processes if accelerator else 1
+    rows = torch.arange(n)[rank::world]
+    per_example, pooled_ko, teacher_pooled_en = [], [], []
+    for start in range(0, len(rows), batch_size):
+        idx = rows[start:start + batch_size]
+        t_seq = data.teacher_seq[idx].to(device).float()
+        t_pool = data.teacher_pooled[idx].to(device).float()
+        t_mask = data.teacher_mask[idx].to(device)
+        values = []
+        for name, side in (("en", data.en), ("ko", data.ko)):
+            part = side.take(idx)
+            out = encode(student, part.ids.to(device), part.mask.to(device))
+            s_seq = out[0].float()
+            s_obj, t_obj = (out.pooler_output.float(), t_pool) if target == "pooled" else (s_seq, t_seq)
+            values.append(((s_obj - t_obj) ** 2).flatten(1).mean(1))
+            values.append(((s_seq - t_seq) ** 2).flatten(1).mean(1))
+            values.append(F.cosine_similarity(s_seq, t_seq, dim=-1).mean(1))
+            if name == "ko":
+                pooled_ko.append(masked_mean(s_seq, part.mask.to(device)))
+        teacher_pooled_en.append(masked_mean(t_seq, t_mask))
+        per_example.append(torch.stack(values, 1))
+    stats = torch.cat(per_example)
+    ko_vectors, en_vectors = torch.cat(pooled_ko), torch.cat(teacher_pooled_en)
+    if accelerator is not None and world > 1:
+        stats, ko_vectors, en_vectors = (accelerator.gather_for_metrics(x) for x in (stats, ko_vectors, en_vectors))
+    means = stats.mean(0).tolist()
+    empty_tokens, empty_target = empty
+    empty_out = encode(student, empty_tokens.ids.to(device), empty_tokens.mask.to(device))[0].float()
+    metrics = {
+        "mse_en": 100 * means[0], "mse_ko": 100 * means[3],
+        "seq_mse_en": 100 * means[1], "seq_mse_ko": 100 * means[4],
+        "cos_en": means[2], "cos_ko": means[5],
+        "r1_ko2en": retrieval_accuracy(ko_vectors, en_vectors),
+        "r1_en2ko": retrieval_accuracy(en_vectors, ko_vectors),
+        "empty_mse": 100 * F.mse_loss(empty_out, empty_target.to(device).float()).item(),
+        "num_pairs": int(len(stats)),
+    }
+    metrics["val_loss"] = metrics["mse_en"] + metrics["mse_ko"]
+    student.train(was_training)
+    return metrics
+
+
+# ----------------------------------------------------------------- training
+@dataclass
+class DistillResult:
+    """Where a run wrote its checkpoints and what it measured."""
+
+    output_dir: Path
+    best_dir: Path
+    best_step: int
+    best_val_loss: float
+    history: list[dict] = field(default_factory=list)
+    train_log: list[dict] = field(default_factory=list)
+    test_metrics: dict | None = None
+    finished: bool = True
+
+
+def _param_groups(model, weight_decay: float) -> list[dict]:
+    """AdamW groups: no weight decay on biases and LayerNorm weights."""
+    no_decay = set()
+    for module_name, module in model.named_modules():
+        if isinstance(module, torch.nn.LayerNorm):
+            no_decay.update(f"{module_name}.{n}" if module_name else n for n, _ in module.named_parameters(recurse=False))
+    decay, plain = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (plain if name in no_decay or name.endswith("bias") else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+
+
+def _mixed_precision(device: str) -> str:
+    if device != "cuda":
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def _rng_state() -> dict:
+    import numpy as np
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    import numpy as np
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(folder: Path, student, tokenizer, meta: dict, state: dict | None = None) -> Path:
+    """Write ``save_pretrained`` files, tokenizer, ``kdsd_meta.json`` (and training state) atomically.
+
+    Everything goes to a temporary folder that replaces ``folder`` in one
+    rename, so a crash never leaves a half-written checkpoint.
+    """
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    old = folder.with_name(f".{folder.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    student.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    (tmp / "kdsd_meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    if state is not None:
+        torch.save(state, tmp / "training_state.pt")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def distill(cfg, experiment: str, splits, *, output_dir: str | Path | None = None, resume: bool = False,
+            stop_after: int | None = None, cache_teacher: bool | None = None, log_every: int = 10,
+            progress: bool = True) -> DistillResult:
+    """Train a student for ``experiment`` on ``splits`` (train/val/test with ``ko``/``en``).
+
+    Evaluates on val every ``cfg.eval_every`` steps and at the end, keeps the
+    checkpoint with the lowest validation loss in ``best/`` and the resumable
+    state in ``last/``, then scores ``best`` on the test split. ``resume``
+    continues from ``last/`` and ends where an uninterrupted run ends;
+    ``stop_after`` stops after that many steps (as a crash would).
+    """
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+    from transformers import get_cosine_schedule_with_warmup
+
+    from . import seed_everything
+    from .data import fingerprint
+
+    if experiment not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {experiment!r}; choose one of {EXPERIMENTS}")
+    for name in ("train", "val"):
+        if name not in splits or len(splits[name]) == 0:
+            raise ValueError(f"the {name!r} split is empty or missing; prepare data with kd.data.prepare_splits(cfg)")
+    target = TARGETS[experiment]
+    accelerator = Accelerator(cpu=cfg.torch_device == "cpu", mixed_precision=_mixed_precision(cfg.torch_device))
+    device = accelerator.device
+    seed_everything(cfg.seed)
+    out = Path(output_dir) if output_dir else Path(cfg.output_dir) / "distill" / experiment
+    main = accelerator.is_main_process
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+
+    teacher_dtype = torch.float16 if device.type == "cuda" else torch.float32
+    teacher_tokenizer, teacher = load_teacher(cfg, device=device, dtype=teacher_dtype)
+    student_tokenizer, student = load_student(cfg, experiment, teacher.config.hidden_size)
+    student.to(device).train()
+
+    # pre-tokenised tensors: tokenisation never runs inside the loop
+    train = splits["train"]
+    teacher_train = tokenize(teacher_tokenizer, train["en"], cfg.max_length)
+    student_en = tokenize(student_tokenizer, train["en"], cfg.max_length)
+    student_ko = tokenize(student_tokenizer, train["ko"], cfg.max_length)
+    val = prepare_eval(teacher, teacher_tokenizer, student_tokenizer, splits["val"], device, cfg.max_length)
+    empty_teacher = tokenize(teacher_tokenizer, [""], cfg.max_length)
+    empty_student = tokenize(student_tokenizer, [""], cfg.max_length)
+    empty_seq, empty_pooled = teacher_targets(teacher, empty_teacher, device)
+    empty_target = (empty_pooled if target == "pooled" else empty_seq).to(device)
+    bytes_per_pair = (teacher.config.hidden_size * (cfg.max_length if target == "sequence" else 1)
+                      * torch.finfo(teacher_dtype).bits // 8)
+    if cache_teacher is None:  # cache when it fits in 2 GB of host memory
+        cache_teacher = len(train) * bytes_per_pair <= 2 * 1024 ** 3
+    cached = None
+    if cache_teacher:
+        seq, pooled = teacher_targets(teacher, teacher_train, device)
+        cached = pooled if target == "pooled" else seq
+        if device.type == "cuda":
+            cached = cached.pin_memory()
+
+    world, rank = accelerator.num_processes, accelerator.process_index
+    per_process = len(train) // world
+    steps_per_epoch = math.ceil(per_process / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.num_epochs
+    optimizer = torch.optim.AdamW(_param_groups(student, cfg.weight_decay), lr=cfg.lr,
+                                  fused=device.type == "cuda")
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+    student, optimizer = accelerator.prepare(student, optimizer)
+    raw_student = accelerator.unwrap_model(student)
+
+    meta_base = {"profile": cfg.name, "experiment": experiment, "target": target, "teacher": cfg.sd_id,
+                 "student": cfg.sd_id if experiment == "clip" else cfg.student_id,
+                 "data_fingerprint": fingerprint(splits), "total_steps": total_steps,
+                 "num_processes": world, "seed": cfg.seed}
+    start_step, best_val, best_step, history, train_log = 0, math.inf, -1, [], []
+    last_dir, best_dir = out / "last", out / "best"
+    if resume and (last_dir / "training_state.pt").exists():
+        state = torch.load(last_dir / "training_state.pt", weights_only=False)
+        from safetensors.torch import load_file
+
+        raw_student.load_state_dict(load_file(str(last_dir / "model.safetensors")))
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_step, best_val, best_step = state["step"], state["best_val"], state["best_step"]
+        history, train_log = state["history"], state["train_log"]
+        _set_rng_state(state["rng"])
+        if main:
+            print(f"resumed from {last_dir} at step {start_step}/{total_steps}")
+
+    def save_last(step: int) -> None:
+        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+                 "best_val": best_val, "best_step": best_step, "history": history, "train_log": train_log,
+                 "rng": _rng_state()}
+        save_checkpoint(last_dir, raw_student, student_tokenizer, {**meta_base, "step": step}, state)
+
+    if start_step == 0:  # the untrained student, so curves and "loss falls" start from it
+        metrics = evaluate(raw_student, val, (empty_student, empty_seq), target, device, accelerator=accelerator)
+        history.append({**metrics, "step": 0, "epoch": 0.0, "seconds": 0.0})
+    empty_weight = cfg.empty_prompt_weight
+    running = torch.zeros(3, device=device)
+    running_steps = 0
+    bar = tqdm(range(start_step, total_steps), initial=start_step, total=total_steps, desc=experiment,
+               disable=not (progress and main), unit="step")
+    perm_epoch, shard = -1, None
+    started = time.perf_counter()
+    for step in bar:
+        epoch, i = divmod(step, steps_per_epoch)
+        if epoch != perm_epoch:  # a fresh permutation per epoch, from the seed alone (so resume is exact)
+            perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+            shard, perm_epoch = perm[: per_process * world][rank::world], epoch
+        idx = shard[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+        b = len(idx)
+        if cached is not None:
+            target_batch = cached[idx].to(device, non_blocking=True)
+        else:
+            with torch.no_grad():
+                t_out = encode(teacher, teacher_train.ids[idx].to(device, non_blocking=True), None)
+                target_batch = t_out.pooler_output if target == "pooled" else t_out[0]
+        ids = torch.cat([student_en.ids[idx], student_ko.ids[idx], empty_student.ids]).to(device, non_blocking=True)
+        mask = torch.cat([student_en.mask[idx], student_ko.mask[idx], empty_student.mask]).to(device, non_blocking=True)
+        with accelerator.autocast():
+            s_out = encode(student, ids, mask)
+            s = s_out.pooler_output if target == "pooled" else s_out[0]
+            loss, loss_en, loss_ko = distill_loss(s, target_batch, b)
+            if empty_weight > 0:
+                loss = loss + empty_weight * F.mse_loss(s[2 * b:].float(), empty_target.float())
+        accelerator.backward(loss)
+        if cfg.grad_clip:
+            accelerator.clip_grad_norm_(student.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        running += torch.stack([loss.detach(), loss_en.detach(), loss_ko.detach()]).float()
+        running_steps += 1
+        done = step + 1
+        if done % log_every == 0 or done == total_steps:  # the only host sync of the loop
+            mean = (accelerator.reduce(running, reduction="mean") / running_steps).tolist()
+            train_log.append({"step": done, "epoch": done / steps_per_epoch, "loss": 100 * mean[0],
+                              "loss_en": 100 * mean[1], "loss_ko": 100 * mean[2], "lr": scheduler.get_last_lr()[0]})
+            bar.set_postfix(loss=f"{100 * mean[0]:.3f}")
+            running.zero_()
+            running_steps = 0
+        if done % cfg.eval_every == 0 or done == total_steps:
+            metrics = evaluate(raw_student, val, (empty_student, empty_seq), target, device, accelerator=accelerator)
+            metrics.update(step=done, epoch=round(done / steps_per_epoch, 3),
+                           seconds=round(time.perf_counter() - started, 1))
+            history.append(metrics)
+            if metrics["val_loss"] < best_val:
+                best_val, best_step = metrics["val_loss"], done
+                if main:
+                    save_checkpoint(best_dir, raw_student, student_tokenizer,
+                                    {**meta_base, "step": done, "metrics": metrics})
+            if main:
+                save_last(done)
+        if stop_after is not None and done >= stop_after and done < total_steps:
+            if main:
+                save_last(done)
+            bar.close()
+            return DistillResult(out, best_dir, best_step, best_val, history, train_log, finished=False)
+    bar.close()
+    accelerator.wait_for_everyone()
+
+    # score the best checkpoint on the test split
+    from safetensors.torch import load_file
+
+    raw_student.load_state_dict(load_file(str(best_dir / "model.safetensors")))
+    test = prepare_eval(teacher, teacher_tokenizer, student_tokenizer, splits["test"], device, cfg.max_length) \
+        if "test" in splits and len(splits["test"]) else None
+    test_metrics = None
+    if test is not None:
+        test_metrics = evaluate(raw_student, test, (empty_student, empty_seq), target, device, accelerator=accelerator)
+    result = DistillResult(out, best_dir, best_step, best_val, history, train_log, test_metrics)
+    if main:
+        summary = {**meta_base, "best_step": best_step, "best_val_loss": best_val, "best_dir": str(best_dir),
+                   "test": test_metrics, "history": history, "train_log": train_log}
+        (out / "metrics.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+        _write_csv(out / "history.csv", history)
+        _write_csv(out / "train_log.csv", train_log)
+    return result
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    import csv
+
+    if not rows:
+        return
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def load_metrics(cfg, experiment: str) -> dict:
+    """The ``metrics.json`` a finished run of ``experiment`` wrote in this profile."""
+    path = Path(cfg.output_dir) / "distill" / experiment / "metrics.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no metrics for {experiment!r} in profile {cfg.name!r} ({path}); "
+                                f"run its notebook or `python -m kdutils train --experiment {experiment}` first")
+    return json.loads(path.read_text())
+
+
+def compare_experiments(cfg):
+    """Test metrics of every experiment trained so far in this profile, next to the study's numbers."""
+    import pandas as pd
+
+    rows = []
+    for experiment in EXPERIMENTS:
+        try:
+            m = load_metrics(cfg, experiment)
+        except FileNotFoundError:
+            continue
+        t = m["test"] or {}
+        rows.append({"experiment": experiment, "source": f"this course ({cfg.name}, test split)",
+                     "val_loss": m["best_val_loss"], "mse_en": t.get("mse_en"), "mse_ko": t.get("mse_ko"),
+                     "seq_mse_ko": t.get("seq_mse_ko"), "cos_ko": t.get("cos_ko"),
+                     "r1_ko2en": t.get("r1_ko2en"), "empty_mse": t.get("empty_mse"), "best_step": m["best_step"]})
+    for experiment, study in STUDY_RESULTS.items():
+        rows.append({"experiment": experiment, "source": "study (its logged valid loss)", **study})
+    return pd.DataFrame(rows).set_index(["experiment", "source"]).sort_index()

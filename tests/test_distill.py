@@ -1,0 +1,131 @@
+"""The distillation engine: loss, masks, pipeline identity, checkpoints, resume, errors."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import kdutils as kd
+from kdutils import distill as D
+from kdutils.models import load_student, load_teacher
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory):
+    out = tmp_path_factory.mktemp("distill")
+    return kd.get_profile("tiny", output_dir=str(out), batch_size=16, num_epochs=2, eval_every=3, lr=1e-3)
+
+
+@pytest.fixture(scope="module")
+def small_splits(cfg):
+    splits = kd.data.prepare_splits(cfg)
+    from datasets import DatasetDict
+
+    return DatasetDict({"train": splits["train"].select(range(48)), "val": splits["val"].select(range(16)),
+                        "test": splits["test"].select(range(16))})
+
+
+def _sha(folder: Path) -> str:
+    return hashlib.sha256((Path(folder) / "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_loss_is_zero_when_student_equals_teacher(cfg):
+    tokenizer, teacher = load_teacher(cfg, device="cpu")
+    _, student = load_student(cfg, "clip")  # experiment 1 starts as a copy of the teacher
+    tokens = D.tokenize(tokenizer, ["a red apple", "two cats on a sofa"])
+    with torch.no_grad():
+        t = D.encode(teacher, tokens.ids, tokens.mask)[0]
+        s = D.encode(student, torch.cat([tokens.ids, tokens.ids]), torch.cat([tokens.mask, tokens.mask]))[0]
+    loss, loss_en, loss_ko = D.distill_loss(s, t, 2)
+    assert loss.item() == 0.0 and loss_en.item() == 0.0 and loss_ko.item() == 0.0
+    s_wrong = s.clone()
+    s_wrong[2:] += 1.0
+    assert D.distill_loss(s_wrong, t, 2)[2].item() == pytest.approx(1.0)
+
+
+def test_prompts_are_padded_to_77_and_the_mask_hides_padding(cfg):
+    tokenizer, student = load_student(cfg, "roberta")
+    student.eval()
+    tokens = D.tokenize(tokenizer, ["빨간 사과", "파란 하늘 아래 두 마리의 고양이"])
+    assert tokens.ids.shape == (2, 77) and tokens.mask[0].sum() < tokens.mask[1].sum()
+    assert (tokens.ids[0][tokens.mask[0] == 0] == tokenizer.pad_token_id).all()
+    assert student.config.use_attention_mask  # so the pipeline passes the mask too
+    n = int(tokens.mask[0].sum())
+    with torch.no_grad():
+        padded = D.encode(student, tokens.ids[:1], tokens.mask[:1])[0][0, :n]
+        short = student(tokens.ids[:1, :n], attention_mask=tokens.mask[:1, :n])[0][0]
+    assert torch.allclose(padded, short, atol=1e-5), "padding must not change the real tokens' embeddings"
+
+
+@pytest.mark.parametrize("experiment", ["clip", "roberta"])
+def test_training_embedding_equals_the_pipeline_embedding(cfg, experiment):
+    from diffusers import StableDiffusionPipeline
+
+    student_tokenizer, student = load_student(cfg, experiment)
+    student.eval()
+    pipe = StableDiffusionPipeline.from_pretrained(kd.resolve(cfg.sd_id), text_encoder=student,
+                                                   tokenizer=student_tokenizer)
+    prompt = ["한강 공원에서 피크닉하는 가족", "a cute corgi running on the grass"]
+    with torch.no_grad():
+        pipeline_embeds, _ = pipe.encode_prompt(prompt, "cpu", 1, False)
+    training_embeds = D.embed(student, student_tokenizer, prompt)
+    assert pipeline_embeds.shape == (2, 77, student.config.hidden_size)
+    assert torch.equal(pipeline_embeds, training_embeds)
+
+
+def test_evaluate_scores_a_perfect_student_perfectly(cfg, small_splits):
+    teacher_tokenizer, teacher = load_teacher(cfg, device="cpu")
+    data = D.prepare_eval(teacher, teacher_tokenizer, teacher_tokenizer, small_splits["val"], "cpu", 77)
+    data.ko = data.en  # a student that sees English on both sides and equals the teacher
+    empty = D.tokenize(teacher_tokenizer, [""])
+    empty_seq, _ = D.teacher_targets(teacher, empty, "cpu")
+    m = D.evaluate(teacher, data, (empty, empty_seq), "sequence", "cpu")
+    assert m["mse_en"] == m["mse_ko"] == m["empty_mse"] == 0.0
+    assert m["cos_ko"] == pytest.approx(1.0) and m["r1_ko2en"] == 1.0 and m["r1_en2ko"] == 1.0
+
+
+def test_best_checkpoint_has_the_lowest_validation_loss(cfg, small_splits):
+    result = D.distill(cfg, "roberta", small_splits, output_dir=Path(cfg.output_dir) / "best", progress=False)
+    losses = [h["val_loss"] for h in result.history]
+    best = min(range(len(losses)), key=losses.__getitem__)
+    assert result.best_step == result.history[best]["step"] and result.best_val_loss == losses[best]
+    meta = json.loads((result.best_dir / "kdsd_meta.json").read_text())
+    assert meta["step"] == result.best_step and meta["experiment"] == "roberta"
+    assert meta["data_fingerprint"] == kd.data.fingerprint(small_splits)
+    saved = json.loads((result.output_dir / "metrics.json").read_text())
+    assert saved["test"]["num_pairs"] == 16 and saved["best_step"] == result.best_step
+    assert not list(result.output_dir.glob(".*.tmp")), "no half-written checkpoint is left behind"
+
+
+def test_resume_reaches_the_same_weights_and_reruns_are_bit_identical(cfg, small_splits):
+    full = D.distill(cfg, "roberta", small_splits, output_dir=Path(cfg.output_dir) / "full", progress=False)
+    again = D.distill(cfg, "roberta", small_splits, output_dir=Path(cfg.output_dir) / "again", progress=False)
+    assert _sha(full.best_dir) == _sha(again.best_dir)
+    out = Path(cfg.output_dir) / "interrupted"
+    part = D.distill(cfg, "roberta", small_splits, output_dir=out, stop_after=4, progress=False)
+    assert not part.finished and json.loads((out / "last" / "kdsd_meta.json").read_text())["step"] == 4
+    resumed = D.distill(cfg, "roberta", small_splits, output_dir=out, resume=True, progress=False)
+    assert resumed.finished and resumed.best_step == full.best_step
+    assert _sha(resumed.best_dir) == _sha(full.best_dir)
+    assert _sha(out / "last") == _sha(full.output_dir / "last")
+    assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in full.history]
+
+
+def test_bad_configurations_fail_clearly(cfg, small_splits, tmp_path):
+    from transformers import RobertaConfig, RobertaModel
+
+    with pytest.raises(ValueError, match="unknown experiment 'bert'"):
+        D.distill(cfg, "bert", small_splits, progress=False)
+    empty = {"train": small_splits["train"].select([]), "val": small_splits["val"]}
+    with pytest.raises(ValueError, match="'train' split is empty"):
+        D.distill(cfg, "roberta", empty, progress=False)
+    narrow = tmp_path / "narrow"
+    RobertaModel(RobertaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=64, max_position_embeddings=80)).save_pretrained(narrow)
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(kd.resolve(cfg.student_id)).save_pretrained(narrow)
+    with pytest.raises(ValueError, match="student hidden size 32 != teacher hidden size 64"):
+        D.distill(cfg.replace(student_id=str(narrow)), "roberta", small_splits, progress=False)
