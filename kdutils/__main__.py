@@ -1,4 +1,4 @@
-"""Command line: ``python -m kdutils {course,tiny} ...``."""
+"""Command line: ``python -m kdutils {course,train,export,tiny} ...``."""
 
 from __future__ import annotations
 
@@ -18,6 +18,35 @@ def _course(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    import kdutils as kd
+
+    overrides = {"output_dir": args.output} if args.output else {}
+    cfg = kd.setup(args.profile, quiet=not _is_main(), **overrides)
+    splits = kd.data.prepare_splits(cfg)
+    result = kd.distill.distill(cfg, args.experiment, splits, resume=args.resume, progress=_is_main())
+    if _is_main():
+        print(f"best checkpoint: {result.best_dir} (step {result.best_step}, val loss {result.best_val_loss:.4f})")
+        print(f"metrics: {result.output_dir / 'metrics.json'}")
+    return 0
+
+
+def _is_main() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _export(args: argparse.Namespace) -> int:
+    import kdutils as kd
+    from kdutils.pipeline import export_pipeline
+
+    cfg = kd.setup(args.profile, quiet=True)
+    out = export_pipeline(cfg, args.student, args.output, safety_checker=not args.no_safety_checker)
+    print(f"pipeline saved to {out}; load it with StableDiffusionPipeline.from_pretrained({str(out)!r})")
+    return 0
+
+
 def _tiny(args: argparse.Namespace) -> int:
     from .tiny import NAMES, TINY_PREFIX, resolve
 
@@ -34,6 +63,20 @@ def main(argv: list[str] | None = None) -> int:
     course.add_argument("--profile", choices=["tiny", "class", "paper"], help="default: KDSD_PROFILE, else auto")
     course.add_argument("--only", nargs="+", metavar="NN", help="notebook numbers or names, e.g. 03 04")
     course.set_defaults(func=_course)
+
+    train = sub.add_parser("train", help="distil a student outside notebooks (works under accelerate launch)")
+    train.add_argument("--experiment", required=True, choices=["clip", "roberta", "roberta_pooler"])
+    train.add_argument("--profile", choices=["tiny", "class", "paper"], help="default: KDSD_PROFILE, else auto")
+    train.add_argument("--output", help="output folder (default: outputs/<profile>)")
+    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    train.set_defaults(func=_train)
+
+    export = sub.add_parser("export", help="save SD with a trained student as a from_pretrained folder")
+    export.add_argument("--student", required=True, help="a best/ checkpoint folder")
+    export.add_argument("--output", required=True, help="folder to write the pipeline to")
+    export.add_argument("--profile", choices=["tiny", "class", "paper"], help="default: KDSD_PROFILE, else auto")
+    export.add_argument("--no-safety-checker", action="store_true", help="leave the safety checker out")
+    export.set_defaults(func=_export)
 
     tiny = sub.add_parser("tiny", help="build the tiny offline models (if needed) and print where they are")
     tiny.set_defaults(func=_tiny)

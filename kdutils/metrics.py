@@ -34,3 +34,49 @@ def psnr(a, b, max_value: float = 255.0) -> float:
         raise ValueError(f"images differ in size: {x.shape} vs {y.shape}")
     mse = np.mean((x - y) ** 2)
     return float("inf") if mse == 0 else float(10 * np.log10(max_value ** 2 / mse))
+
+
+def load_scorer(cfg, device: str | None = None):
+    """The CLIP model that scores images (``cfg.scorer_id``, never the teacher): ``(processor, model)``."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    from .tiny import resolve
+
+    processor = CLIPProcessor.from_pretrained(resolve(cfg.scorer_id))
+    model = CLIPModel.from_pretrained(resolve(cfg.scorer_id)).eval().to(device or cfg.torch_device)
+    return processor, model
+
+
+def _features(output) -> torch.Tensor:
+    # transformers 5 returns a model output whose pooler_output holds the projected features
+    return output if torch.is_tensor(output) else output.pooler_output
+
+
+@torch.no_grad()
+def image_embeddings(processor, model, images) -> torch.Tensor:
+    """Unit-length CLIP image embeddings of PIL images."""
+    pixels = processor(images=list(images), return_tensors="pt")["pixel_values"].to(model.device)
+    return torch.nn.functional.normalize(_features(model.get_image_features(pixel_values=pixels)).float(), dim=-1)
+
+
+@torch.no_grad()
+def text_embeddings(processor, model, texts: list[str]) -> torch.Tensor:
+    """Unit-length CLIP text embeddings (truncated to the scorer's 77 tokens)."""
+    tokens = processor(text=list(texts), return_tensors="pt", padding=True, truncation=True).to(model.device)
+    out = model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+    return torch.nn.functional.normalize(_features(out).float(), dim=-1)
+
+
+def clip_score(processor, model, images, texts: list[str]) -> list[float]:
+    """CLIP score per (image, text) pair: ``100 * max(cosine, 0)``, higher is better."""
+    if len(images) != len(texts):
+        raise ValueError(f"clip_score needs one text per image: {len(images)} images, {len(texts)} texts")
+    cos = (image_embeddings(processor, model, images) * text_embeddings(processor, model, texts)).sum(-1)
+    return (100 * cos.clamp_min(0)).tolist()
+
+
+def image_similarity(processor, model, images_a, images_b) -> list[float]:
+    """Cosine between the CLIP image embeddings of paired images (1.0 for the same image)."""
+    if len(images_a) != len(images_b):
+        raise ValueError(f"need paired images: {len(images_a)} vs {len(images_b)}")
+    return (image_embeddings(processor, model, images_a) * image_embeddings(processor, model, images_b)).sum(-1).tolist()

@@ -1,0 +1,180 @@
+"""Stable Diffusion with a distilled Korean text encoder: build, export, sample.
+
+``korean_pipeline`` puts a trained student (a ``best/`` checkpoint) into SD in
+place of CLIP; ``export_pipeline`` saves the result as a folder that plain
+``StableDiffusionPipeline.from_pretrained`` loads. ``fixed_latents`` and
+``generate`` make images from the same starting noise, so that differences
+between encoders come from the text alone.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+
+from .tiny import resolve
+
+SCHEDULERS = {
+    "PNDM (SD v1.4 default)": ("PNDMScheduler", {}),
+    "DDIM": ("DDIMScheduler", {}),
+    "Euler": ("EulerDiscreteScheduler", {}),
+    "Euler ancestral": ("EulerAncestralDiscreteScheduler", {}),
+    "DPM++ 2M": ("DPMSolverMultistepScheduler", {}),
+    "DPM++ 2M Karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+}
+
+
+def _dtype(device: str) -> torch.dtype:
+    return torch.float16 if device == "cuda" else torch.float32
+
+
+def _fit_memory(pipe, device: str) -> None:
+    """Batched VAE decoding in slices; sliced attention on GPUs under 16 GB."""
+    pipe.vae.enable_slicing()
+    if device == "cuda" and torch.cuda.get_device_properties(0).total_memory < 16 * 1024 ** 3:
+        pipe.enable_attention_slicing()
+
+
+def load_sd_pipeline(cfg, *, safety_checker: bool = True, text_encoder=None, tokenizer=None, device: str | None = None):
+    """SD from ``cfg.sd_id`` (fp16 on CUDA), optionally with another text encoder and tokenizer.
+
+    The safety checker of the hub pipeline stays on unless ``safety_checker=False``
+    (the tiny pipeline has none).
+    """
+    from diffusers import StableDiffusionPipeline
+
+    device = device or cfg.torch_device
+    kwargs = {"dtype": _dtype(device)}
+    if text_encoder is not None:
+        kwargs.update(text_encoder=text_encoder.to(_dtype(device)), tokenizer=tokenizer)
+    if not safety_checker:
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline.from_pretrained(resolve(cfg.sd_id), **kwargs).to(device)
+    _fit_memory(pipe, device)
+    return pipe
+
+
+def load_trained_student(student_dir: str | Path, max_length: int = 77):
+    """A ``best/`` checkpoint written by ``kd.distill``: ``(student_tokenizer, student, meta)``."""
+    from transformers import AutoModel, AutoTokenizer, CLIPTextModel
+
+    folder = Path(student_dir)
+    meta_file = folder / "kdsd_meta.json"
+    if not meta_file.exists():
+        raise FileNotFoundError(f"{folder} is not a student checkpoint (no kdsd_meta.json); pass the best/ folder "
+                                f"that kd.distill or `python -m kdutils train` wrote")
+    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    model_cls = CLIPTextModel if meta["experiment"] == "clip" else AutoModel
+    student = model_cls.from_pretrained(str(folder)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    tokenizer.model_max_length = max_length
+    return tokenizer, student, meta
+
+
+def korean_pipeline(cfg, student_dir: str | Path, *, safety_checker: bool = True, device: str | None = None):
+    """SD whose text encoder and tokenizer are the trained student in ``student_dir``.
+
+    Raises if the student's hidden size differs from the UNet's cross-attention
+    width. Load training models out of memory before calling this on a 12 GB GPU.
+    """
+    from diffusers import UNet2DConditionModel
+
+    tokenizer, student, _ = load_trained_student(student_dir, cfg.max_length)
+
+    cross = UNet2DConditionModel.load_config(resolve(cfg.sd_id), subfolder="unet")["cross_attention_dim"]
+    if student.config.hidden_size != cross:
+        raise ValueError(f"student hidden size {student.config.hidden_size} != UNet cross-attention dim {cross}; "
+                         f"the student must be distilled from this SD's text encoder")
+    return load_sd_pipeline(cfg, safety_checker=safety_checker, text_encoder=student, tokenizer=tokenizer,
+                            device=device)
+
+
+def export_pipeline(cfg, student_dir: str | Path, output_dir: str | Path, *, safety_checker: bool = True) -> Path:
+    """Save SD with the student as a complete folder for ``StableDiffusionPipeline.from_pretrained``.
+
+    Saved in fp32 from the CPU, with ``kdsd_export.json`` naming the student and its metrics.
+    """
+    pipe = korean_pipeline(cfg, student_dir, safety_checker=safety_checker, device="cpu")
+    out = Path(output_dir)
+    pipe.save_pretrained(str(out))
+    meta = json.loads((Path(student_dir) / "kdsd_meta.json").read_text(encoding="utf-8"))
+    (out / "kdsd_export.json").write_text(json.dumps({"sd": cfg.sd_id, "student_checkpoint": str(student_dir),
+                                                      **meta}, indent=2, ensure_ascii=False) + "\n")
+    return out
+
+
+def set_scheduler(pipe, name: str):
+    """Swap the sampler by name (see ``SCHEDULERS``); returns the pipeline."""
+    import diffusers
+
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {name!r}; choose one of {list(SCHEDULERS)}")
+    cls_name, extra = SCHEDULERS[name]
+    pipe.scheduler = getattr(diffusers, cls_name).from_config(pipe.scheduler.config, **extra)
+    return pipe
+
+
+def fixed_latents(pipe, cfg, n: int, seed: int | None = None) -> torch.Tensor:
+    """``n`` initial latents drawn on the CPU from ``seed``: the same on every device and run."""
+    seed = cfg.seed if seed is None else seed
+    size = cfg.image_size // pipe.vae_scale_factor
+    shape = (n, pipe.unet.config.in_channels, size, size)
+    latents = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed))
+    return latents.to(pipe.device, pipe.unet.dtype)
+
+
+def _is_clip(text_encoder) -> bool:
+    return type(text_encoder).__name__.startswith("CLIPText")
+
+
+@torch.no_grad()
+def _clip_skip_embeds(pipe, prompts: list[str], clip_skip: int) -> torch.Tensor:
+    """CLIP embeddings from ``clip_skip`` layers before the last, through the final LayerNorm.
+
+    Done here because diffusers 0.42 reaches for ``text_encoder.text_model``,
+    which transformers 5 no longer has.
+    """
+    tokens = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                            truncation=True, return_tensors="pt")
+    out = pipe.text_encoder(tokens.input_ids.to(pipe.device), output_hidden_states=True)
+    return pipe.text_encoder.final_layer_norm(out.hidden_states[-(clip_skip + 1)])
+
+
+def generate(pipe, prompts: list[str], latents: torch.Tensor, *, negative_prompt: str | None = None,
+             num_inference_steps: int = 50, guidance_scale: float = 7.5, clip_skip: int | None = None,
+             batch_size: int = 4, seed: int = 0, progress: bool = False) -> list:
+    """Images for ``prompts`` from the given initial ``latents`` (one per prompt), in batches.
+
+    The same pipeline, prompts and latents give the same images. ``clip_skip``
+    only applies to CLIP text encoders.
+    """
+    from tqdm.auto import tqdm
+
+    prompts = list(prompts)
+    if len(latents) != len(prompts):
+        raise ValueError(f"need one latent per prompt: {len(prompts)} prompts, {len(latents)} latents")
+    if clip_skip is not None and not _is_clip(pipe.text_encoder):
+        raise ValueError(f"clip_skip picks a CLIP hidden layer; this pipeline's text encoder is "
+                         f"{type(pipe.text_encoder).__name__}, so leave clip_skip=None")
+    pipe.set_progress_bar_config(disable=True)
+    images = []
+    starts = range(0, len(prompts), batch_size)
+    for start in tqdm(starts, desc="sampling", disable=not progress or len(starts) == 1):
+        part = prompts[start:start + batch_size]
+        kwargs = dict(latents=latents[start:start + batch_size], num_inference_steps=num_inference_steps,
+                      guidance_scale=guidance_scale, generator=torch.Generator("cpu").manual_seed(seed + start))
+        if negative_prompt is not None:
+            kwargs["negative_prompt"] = [negative_prompt] * len(part)
+        if clip_skip is None:
+            result = pipe(part, **kwargs)
+        else:
+            embeds = _clip_skip_embeds(pipe, part, clip_skip)
+            negative = _clip_skip_embeds(pipe, kwargs.pop("negative_prompt", [""] * len(part)), clip_skip)
+            result = pipe(prompt_embeds=embeds, negative_prompt_embeds=negative, **kwargs)
+        if getattr(result, "nsfw_content_detected", None) and any(result.nsfw_content_detected):
+            warnings.warn("the safety checker blacked out some images", stacklevel=2)
+        images.extend(result.images)
+    return images

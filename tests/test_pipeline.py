@@ -1,0 +1,140 @@
+"""The Korean pipeline: export round trip, fixed latents, image metrics, clear errors."""
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import kdutils as kd
+from kdutils import distill as D
+from kdutils import metrics as M
+from kdutils import pipeline as P
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory):
+    return kd.get_profile("tiny", output_dir=str(tmp_path_factory.mktemp("pipe")))
+
+
+@pytest.fixture(scope="module")
+def student_dir(cfg):
+    """A student checkpoint as kd.distill writes it (untrained: these tests are about plumbing)."""
+    tokenizer, student = kd.load_student(cfg, "roberta")
+    return D.save_checkpoint(Path(cfg.output_dir) / "best", student, tokenizer,
+                             {"experiment": "roberta", "profile": "tiny", "step": 0})
+
+
+@pytest.fixture(scope="module")
+def pipe(cfg, student_dir):
+    return P.korean_pipeline(cfg, student_dir)
+
+
+RELOAD = """
+import sys, torch
+from diffusers import StableDiffusionPipeline
+pipe = StableDiffusionPipeline.from_pretrained(sys.argv[1])
+assert "kdutils" not in sys.modules
+latents = torch.load(sys.argv[2])
+image = pipe(["한복을 입은 여자"], latents=latents, num_inference_steps=2, output_type="np").images[0]
+torch.save(torch.from_numpy(image), sys.argv[3])
+print(type(pipe.text_encoder).__name__, pipe.text_encoder.config.use_attention_mask)
+"""
+
+
+def test_export_reloads_in_a_plain_process_and_gives_the_same_image(cfg, student_dir, pipe, tmp_path):
+    out = P.export_pipeline(cfg, student_dir, tmp_path / "exported")
+    assert (out / "model_index.json").exists() and (out / "kdsd_export.json").exists()
+    latents = P.fixed_latents(pipe, cfg, 1)
+    torch.save(latents, tmp_path / "latents.pt")
+    result = subprocess.run([sys.executable, "-c", RELOAD, str(out), str(tmp_path / "latents.pt"),
+                             str(tmp_path / "image.pt")], capture_output=True, text=True, timeout=300,
+                            env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("RobertaModel True")
+    here = pipe(["한복을 입은 여자"], latents=latents, num_inference_steps=2, output_type="np").images[0]
+    assert np.array_equal(torch.load(tmp_path / "image.pt").numpy(), here)
+
+
+def test_same_latents_and_encoder_give_identical_images(cfg, pipe):
+    latents = P.fixed_latents(pipe, cfg, 2)
+    assert latents.shape == (2, 4, cfg.image_size // 8, cfg.image_size // 8)
+    assert torch.equal(latents, P.fixed_latents(pipe, cfg, 2))
+    prompts = ["빨간 사과", "파란 하늘"]
+    a = P.generate(pipe, prompts, latents, num_inference_steps=2)
+    again = P.generate(pipe, prompts, latents, num_inference_steps=2)
+    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, again))
+    one_by_one = P.generate(pipe, prompts, latents, num_inference_steps=2, batch_size=1)
+    diffs = [np.abs(np.asarray(x, int) - np.asarray(y, int)).max() for x, y in zip(a, one_by_one)]
+    assert max(diffs) <= 2, "batching may only change rounding"
+    other = P.generate(pipe, prompts, P.fixed_latents(pipe, cfg, 2, seed=cfg.seed + 1), num_inference_steps=2)
+    assert not np.array_equal(np.asarray(a[0]), np.asarray(other[0]))
+
+
+def test_image_metrics_are_maximal_for_the_same_image_and_lower_when_shuffled(cfg, pipe):
+    images = P.generate(pipe, ["빨간 사과", "고양이", "바다", "산"], P.fixed_latents(pipe, cfg, 4),
+                        num_inference_steps=2)
+    processor, scorer = M.load_scorer(cfg)
+    same = M.image_similarity(processor, scorer, images, images)
+    shuffled = M.image_similarity(processor, scorer, images, images[1:] + images[:1])
+    assert all(s == pytest.approx(1.0, abs=1e-5) for s in same)
+    assert max(shuffled) < min(same)
+    assert M.psnr(images[0], images[0]) == float("inf") and M.psnr(images[0], images[1]) < 60
+    scores = M.clip_score(processor, scorer, images, ["a red apple", "a cat", "the sea", "a mountain"])
+    assert all(0.0 <= s <= 100.0 for s in scores)
+    with pytest.raises(ValueError, match="one text per image"):
+        M.clip_score(processor, scorer, images, ["a red apple"])
+
+
+def test_long_prompts_are_truncated_with_a_warning_naming_the_cut_text(pipe, caplog):
+    long_prompt = " ".join(["아주 아름다운 한옥 마을의 풍경"] * 30)
+    logger = logging.getLogger("diffusers")
+    logger.propagate = True
+    try:
+        with caplog.at_level(logging.WARNING, logger="diffusers"):
+            embeds, _ = pipe.encode_prompt([long_prompt], "cpu", 1, False)
+    finally:
+        logger.propagate = False
+    assert embeds.shape[1] == 77
+    assert "truncated" in caplog.text and "한옥" in caplog.text
+
+
+def test_options_that_cannot_apply_fail_clearly(cfg, pipe, student_dir, tmp_path):
+    latents = P.fixed_latents(pipe, cfg, 1)
+    with pytest.raises(ValueError, match="clip_skip picks a CLIP hidden layer"):
+        P.generate(pipe, ["빨간 사과"], latents, clip_skip=1)
+    with pytest.raises(ValueError, match="one latent per prompt"):
+        P.generate(pipe, ["a", "b"], latents)
+    with pytest.raises(ValueError, match="unknown scheduler"):
+        P.set_scheduler(pipe, "magic")
+    with pytest.raises(FileNotFoundError, match="not a student checkpoint"):
+        P.korean_pipeline(cfg, tmp_path)
+
+
+def test_clip_skip_works_for_the_clip_teacher(cfg):
+    pipe = P.load_sd_pipeline(cfg)
+    latents = P.fixed_latents(pipe, cfg, 1)
+    plain = P.generate(pipe, ["a red apple"], latents, num_inference_steps=2)[0]
+    skipped = P.generate(pipe, ["a red apple"], latents, num_inference_steps=2, clip_skip=1)[0]
+    assert not np.array_equal(np.asarray(plain), np.asarray(skipped))
+
+
+def test_a_student_of_the_wrong_width_is_refused(cfg, tmp_path):
+    from transformers import RobertaConfig, RobertaModel
+
+    tokenizer, _ = kd.load_student(cfg, "roberta")
+    narrow = RobertaModel(RobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
+                                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=80))
+    folder = D.save_checkpoint(tmp_path / "narrow", narrow, tokenizer, {"experiment": "roberta"})
+    with pytest.raises(ValueError, match="hidden size 32 != UNet cross-attention dim 64"):
+        P.korean_pipeline(cfg, folder)
+
+
+@pytest.mark.parametrize("name", list(P.SCHEDULERS))
+def test_every_scheduler_samples(cfg, pipe, name):
+    P.set_scheduler(pipe, name)
+    image = P.generate(pipe, ["빨간 사과"], P.fixed_latents(pipe, cfg, 1), num_inference_steps=2)[0]
+    assert image.size == (cfg.image_size, cfg.image_size)
