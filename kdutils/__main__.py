@@ -1,4 +1,4 @@
-"""Command line: ``python -m kdutils {course,train,export,tiny} ...``."""
+"""Command line: ``python -m kdutils {course,train,export,bench,tiny} ...``."""
 
 from __future__ import annotations
 
@@ -47,6 +47,23 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from .bench import format_table, run_bench
+    from .profiles import output_root
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    output = Path(args.output) if args.output else output_root() / "bench" / f"bench_{device}.json"
+    rows = run_bench(args.experiment or ("clip", "roberta", "roberta_pooler"), device=device,
+                     batch_size=args.batch_size, steps=args.steps, repeats=args.repeats, output=output)
+    print(format_table(rows))
+    print(f"pairs/s are medians over {args.repeats} runs (warm-up steps excluded); JSON: {output}")
+    return 0
+
+
 def _tiny(args: argparse.Namespace) -> int:
     from .tiny import NAMES, TINY_PREFIX, resolve
 
@@ -77,6 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--profile", choices=["tiny", "class", "paper"], help="default: KDSD_PROFILE, else auto")
     export.add_argument("--no-safety-checker", action="store_true", help="leave the safety checker out")
     export.set_defaults(func=_export)
+
+    bench = sub.add_parser("bench", help="distillation throughput: the engine against the study's loop")
+    bench.add_argument("--experiment", nargs="+", choices=["clip", "roberta", "roberta_pooler"])
+    bench.add_argument("--device", choices=["cpu", "cuda"])
+    bench.add_argument("--batch-size", type=int, help="default: 32 on CUDA, 4 on CPU")
+    bench.add_argument("--steps", type=int, help="measured steps per run (default: 20 on CUDA, 3 on CPU)")
+    bench.add_argument("--repeats", type=int, default=3, help="runs per loop; the median is reported")
+    bench.add_argument("--output", help="JSON file (default: outputs/bench/bench_<device>.json)")
+    bench.set_defaults(func=_bench)
 
     tiny = sub.add_parser("tiny", help="build the tiny offline models (if needed) and print where they are")
     tiny.set_defaults(func=_tiny)

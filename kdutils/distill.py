@@ -91,6 +91,42 @@ def distill_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, batch_siz
     return loss_en + loss_ko, loss_en, loss_ko
 
 
+@torch.no_grad()
+def teacher_batch(teacher, ids: torch.Tensor, target: str) -> torch.Tensor:
+    """The teacher's targets for one batch of English ids (no graph is kept).
+
+    ``no_grad`` rather than ``inference_mode``: the MSE saves its target for
+    the backward pass, which inference tensors do not allow.
+    """
+    out = encode(teacher, ids, None)
+    return out.pooler_output if target == "pooled" else out[0]
+
+
+def distill_step(student, optimizer, scheduler, accelerator, ids, mask, target_batch, target: str,
+                 empty_target=None, empty_weight: float = 0.0, grad_clip: float | None = 1.0) -> torch.Tensor:
+    """One optimisation step on a student batch laid out ``[en; ko; ""]``.
+
+    One forward pass for both languages (and the empty prompt), mixed precision
+    through ``accelerator.autocast``, no host synchronisation: returns the
+    detached ``(loss, loss_en, loss_ko)`` on the device, for the caller to log
+    every few steps.
+    """
+    b = len(target_batch)
+    with accelerator.autocast():
+        out = encode(student, ids, mask)
+        s = out.pooler_output if target == "pooled" else out[0]
+        loss, loss_en, loss_ko = distill_loss(s, target_batch, b)
+        if empty_weight > 0 and len(s) > 2 * b:
+            loss = loss + empty_weight * F.mse_loss(s[2 * b:].float(), empty_target.float())
+    accelerator.backward(loss)
+    if grad_clip:
+        accelerator.clip_grad_norm_(student.parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return torch.stack([loss.detach(), loss_en.detach(), loss_ko.detach()]).float()
+
+
 # --------------------------------------------------------------- evaluation
 @dataclass
 class EvalData:
@@ -139,7 +175,8 @@ def evaluate(student, data: EvalData, empty: tuple[Tokens, torch.Tensor], target
     n = len(data.en)
     rank = accelerator.process_index if accelerator else 0
     world = accelerator.num_processes if accelerator else 1
-    rows = torch.arange(n)[rank::world]
+    per_rank = math.ceil(n / world)  # equal shards (wrapping around) so that all_gather lines up
+    rows = (torch.arange(per_rank * world) % n)[rank * per_rank:(rank + 1) * per_rank]
     per_example, pooled_ko, teacher_pooled_en = [], [], []
     for start in range(0, len(rows), batch_size):
         idx = rows[start:start + batch_size]
@@ -161,8 +198,8 @@ def evaluate(student, data: EvalData, empty: tuple[Tokens, torch.Tensor], target
         per_example.append(torch.stack(values, 1))
     stats = torch.cat(per_example)
     ko_vectors, en_vectors = torch.cat(pooled_ko), torch.cat(teacher_pooled_en)
-    if accelerator is not None and world > 1:
-        stats, ko_vectors, en_vectors = (accelerator.gather_for_metrics(x) for x in (stats, ko_vectors, en_vectors))
+    if accelerator is not None and world > 1:  # rank order = row order; drop the wrapped-around rows
+        stats, ko_vectors, en_vectors = (accelerator.gather(x)[:n] for x in (stats, ko_vectors, en_vectors))
     means = stats.mean(0).tolist()
     empty_tokens, empty_target = empty
     empty_out = encode(student, empty_tokens.ids.to(device), empty_tokens.mask.to(device))[0].float()
@@ -293,6 +330,8 @@ def distill(cfg, experiment: str, splits, *, output_dir: str | Path | None = Non
     teacher_dtype = torch.float16 if device.type == "cuda" else torch.float32
     teacher_tokenizer, teacher = load_teacher(cfg, device=device, dtype=teacher_dtype)
     student_tokenizer, student = load_student(cfg, experiment, teacher.config.hidden_size)
+    if target == "sequence" and getattr(student, "pooler", None) is not None:
+        student.pooler.requires_grad_(False)  # not in the loss; DDP would wait for its gradients forever
     student.to(device).train()
 
     # pre-tokenised tensors: tokenisation never runs inside the loop
@@ -309,6 +348,9 @@ def distill(cfg, experiment: str, splits, *, output_dir: str | Path | None = Non
                       * torch.finfo(teacher_dtype).bits // 8)
     if cache_teacher is None:  # cache when it fits in 2 GB of host memory
         cache_teacher = len(train) * bytes_per_pair <= 2 * 1024 ** 3
+    if device.type == "cuda":  # pinned host memory makes the per-step copies asynchronous
+        for tokens in (teacher_train, student_en, student_ko):
+            tokens.ids, tokens.mask = tokens.ids.pin_memory(), tokens.mask.pin_memory()
     cached = None
     if cache_teacher:
         seq, pooled = teacher_targets(teacher, teacher_train, device)
@@ -367,28 +409,14 @@ def distill(cfg, experiment: str, splits, *, output_dir: str | Path | None = Non
             perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
             shard, perm_epoch = perm[: per_process * world][rank::world], epoch
         idx = shard[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-        b = len(idx)
         if cached is not None:
             target_batch = cached[idx].to(device, non_blocking=True)
         else:
-            with torch.no_grad():
-                t_out = encode(teacher, teacher_train.ids[idx].to(device, non_blocking=True), None)
-                target_batch = t_out.pooler_output if target == "pooled" else t_out[0]
+            target_batch = teacher_batch(teacher, teacher_train.ids[idx].to(device, non_blocking=True), target)
         ids = torch.cat([student_en.ids[idx], student_ko.ids[idx], empty_student.ids]).to(device, non_blocking=True)
         mask = torch.cat([student_en.mask[idx], student_ko.mask[idx], empty_student.mask]).to(device, non_blocking=True)
-        with accelerator.autocast():
-            s_out = encode(student, ids, mask)
-            s = s_out.pooler_output if target == "pooled" else s_out[0]
-            loss, loss_en, loss_ko = distill_loss(s, target_batch, b)
-            if empty_weight > 0:
-                loss = loss + empty_weight * F.mse_loss(s[2 * b:].float(), empty_target.float())
-        accelerator.backward(loss)
-        if cfg.grad_clip:
-            accelerator.clip_grad_norm_(student.parameters(), cfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        running += torch.stack([loss.detach(), loss_en.detach(), loss_ko.detach()]).float()
+        running += distill_step(student, optimizer, scheduler, accelerator, ids, mask, target_batch, target,
+                                empty_target, empty_weight, cfg.grad_clip)
         running_steps += 1
         done = step + 1
         if done % log_every == 0 or done == total_steps:  # the only host sync of the loop

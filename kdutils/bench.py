@@ -1,0 +1,214 @@
+"""Distillation throughput: the engine's step against the study's training step.
+
+Both run on full-size architectures built from the real configurations with
+random weights (nothing is downloaded): the CLIP ViT-L/14 text tower of SD
+v1.4 as teacher, and CLIP or klue/roberta-small as student. The reference
+reproduces the study's step: fp32, a teacher forward that builds a graph,
+separate student passes for en and ko, and three ``.cpu().numpy()`` calls.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .distill import TARGETS, distill_step, teacher_batch
+
+CLIP_L14_TEXT = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                     num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
+                     projection_dim=768, pad_token_id=49407, bos_token_id=49406, eos_token_id=49407)
+KLUE_ROBERTA_SMALL = dict(vocab_size=32000, hidden_size=768, intermediate_size=3072, num_hidden_layers=6,
+                          num_attention_heads=12, max_position_embeddings=514, type_vocab_size=1,
+                          pad_token_id=1, bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5)
+# small stand-ins with the same structure, for tests
+TINY_TEXT = dict(CLIP_L14_TEXT, vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, projection_dim=64, pad_token_id=999, bos_token_id=998, eos_token_id=999)
+TINY_ROBERTA = dict(KLUE_ROBERTA_SMALL, vocab_size=1000, hidden_size=64, intermediate_size=128,
+                    num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=80)
+
+
+def build_models(experiment: str, size: str = "full"):
+    """``(teacher, student)`` with random weights from the real (or tiny) configurations."""
+    from transformers import CLIPTextConfig, CLIPTextModel, RobertaConfig, RobertaModel
+
+    text, roberta = (CLIP_L14_TEXT, KLUE_ROBERTA_SMALL) if size == "full" else (TINY_TEXT, TINY_ROBERTA)
+    torch.manual_seed(0)
+    teacher = CLIPTextModel(CLIPTextConfig(**text))
+    if experiment == "clip":
+        student = CLIPTextModel(CLIPTextConfig(**text))
+    else:
+        student = RobertaModel(RobertaConfig(**roberta))
+        student.config.use_attention_mask = True
+    return teacher, student
+
+
+def _batch(teacher, student, batch_size: int, max_length: int = 77):
+    """Random token ids with realistic lengths (padded to 77), on the CPU."""
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(8, 40, (batch_size,), generator=g)
+    mask = (torch.arange(max_length)[None] < lengths[:, None]).long()
+    t_ids = torch.randint(0, teacher.config.vocab_size - 2, (batch_size, max_length), generator=g)
+    s_vocab = student.config.vocab_size - 5
+    en = torch.randint(5, s_vocab, (batch_size, max_length), generator=g) * mask + (1 - mask)
+    ko = torch.randint(5, s_vocab, (batch_size, max_length), generator=g) * mask + (1 - mask)
+    return t_ids, en, ko, mask
+
+
+def _peak_start(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        try:  # reset this process's peak resident memory (Linux)
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+
+
+def _peak_gb(device: torch.device) -> float | None:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 1024 ** 3
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024 ** 2
+    except OSError:
+        pass
+    return None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def reference_steps(experiment: str, batch_size: int, steps: int, warmup: int, device: torch.device,
+                    size: str = "full") -> tuple[float, float | None]:
+    """The study's loop: returns (seconds per measured step, peak GB)."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    teacher, student = build_models(experiment, size)
+    teacher.to(device).eval()  # parameters keep requires_grad, as in the study
+    student.to(device).train()
+    pooled = TARGETS[experiment] == "pooled"
+    opt = torch.optim.AdamW(student.parameters(), lr=5e-5, weight_decay=1e-4)
+    sched = get_cosine_schedule_with_warmup(opt, 10, 1000)
+    t_ids, en, ko, mask = (x.to(device) for x in _batch(teacher, student, batch_size))
+    use_mask = bool(getattr(student.config, "use_attention_mask", False))
+    _peak_start(device)
+    times = []
+    for i in range(warmup + steps):
+        _sync(device)
+        start = time.perf_counter()
+        gt = teacher(t_ids)
+        embed_gt = gt.pooler_output if pooled else gt[0]
+        out_en = student(en, attention_mask=mask if use_mask else None)
+        out_ko = student(ko, attention_mask=mask if use_mask else None)
+        embed_en = out_en.pooler_output if pooled else out_en[0]
+        embed_ko = out_ko.pooler_output if pooled else out_ko[0]
+        loss_en = F.mse_loss(embed_en, embed_gt.detach())
+        loss_ko = F.mse_loss(embed_ko, embed_gt.detach())
+        loss = loss_en + loss_ko
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        for value in (loss, loss_en, loss_ko):
+            value.detach().cpu().numpy()
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    peak = _peak_gb(device)
+    del teacher, student, opt
+    return statistics.median(times), peak
+
+
+def fast_steps(experiment: str, batch_size: int, steps: int, warmup: int, device: torch.device,
+               size: str = "full") -> tuple[float, float | None]:
+    """The engine's step (``distill_step``): returns (seconds per measured step, peak GB)."""
+    from accelerate import Accelerator
+    from transformers import get_cosine_schedule_with_warmup
+
+    from .distill import _mixed_precision, _param_groups
+
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=_mixed_precision(device.type))
+    teacher, student = build_models(experiment, size)
+    half = torch.float16 if device.type == "cuda" else torch.float32
+    teacher.requires_grad_(False).eval().to(device, half)
+    if TARGETS[experiment] == "sequence" and getattr(student, "pooler", None) is not None:
+        student.pooler.requires_grad_(False)
+    student.to(device).train()
+    opt = torch.optim.AdamW(_param_groups(student, 1e-4), lr=5e-5, fused=device.type == "cuda")
+    sched = get_cosine_schedule_with_warmup(opt, 10, 1000)
+    t_ids, en, ko, mask = _batch(teacher, student, batch_size)
+    student, opt = accelerator.prepare(student, opt)
+    ids, masks = torch.cat([en, ko]), torch.cat([mask, mask])
+    if device.type == "cuda":
+        t_ids, ids, masks = t_ids.pin_memory(), ids.pin_memory(), masks.pin_memory()
+    target = TARGETS[experiment]
+    _peak_start(device)
+    times, running = [], torch.zeros(3, device=device)
+    for i in range(warmup + steps):
+        _sync(device)
+        start = time.perf_counter()
+        target_batch = teacher_batch(teacher, t_ids.to(device, non_blocking=True), target)
+        running += distill_step(student, opt, sched, accelerator, ids.to(device, non_blocking=True),
+                                masks.to(device, non_blocking=True), target_batch, target)
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    running.tolist()  # the one host sync, as when logging every N steps
+    peak = _peak_gb(device)
+    del teacher, student, opt
+    return statistics.median(times), peak
+
+
+def run_bench(experiments=("clip", "roberta", "roberta_pooler"), *, device: str | None = None,
+              batch_size: int | None = None, steps: int | None = None, warmup: int | None = None,
+              repeats: int = 3, size: str = "full", output: str | Path | None = None) -> list[dict]:
+    """Median pairs/s and peak memory of both loops per experiment; writes JSON if ``output``.
+
+    Defaults: the study's batch 32 on CUDA (5 warm-up + 20 measured steps);
+    batch 4 on CPU (1 + 3 steps). Each loop is measured ``repeats`` times.
+    """
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    on_gpu = dev.type == "cuda"
+    batch_size = batch_size or (32 if on_gpu else 4)
+    steps = steps or (20 if on_gpu else 3)
+    warmup = 5 if warmup is None and on_gpu else (1 if warmup is None else warmup)
+    rows = []
+    for experiment in experiments:
+        row = {"experiment": experiment, "device": torch.cuda.get_device_name(0) if on_gpu else "cpu",
+               "batch_size": batch_size, "repeats": repeats}
+        for name, fn in (("reference", reference_steps), ("fast", fast_steps)):
+            runs = [fn(experiment, batch_size, steps, warmup, dev, size) for _ in range(repeats)]
+            seconds = statistics.median(r[0] for r in runs)
+            peaks = [r[1] for r in runs if r[1] is not None]
+            row[f"{name}_pairs_per_s"] = batch_size / seconds
+            row[f"{name}_peak_gb"] = max(peaks) if peaks else None
+            if on_gpu:
+                torch.cuda.empty_cache()
+        row["speedup"] = row["fast_pairs_per_s"] / row["reference_pairs_per_s"]
+        rows.append(row)
+    if output is not None:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(json.dumps(rows, indent=2) + "\n")
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """A plain-text table of ``run_bench`` rows."""
+    lines = [f"{'experiment':16} {'device':>10} {'batch':>5} {'reference pairs/s':>18} {'fast pairs/s':>13} "
+             f"{'speedup':>8} {'ref peak GB':>11} {'fast peak GB':>12}"]
+    for r in rows:
+        ref_peak = "n/a" if r["reference_peak_gb"] is None else f"{r['reference_peak_gb']:.2f}"
+        fast_peak = "n/a" if r["fast_peak_gb"] is None else f"{r['fast_peak_gb']:.2f}"
+        lines.append(f"{r['experiment']:16} {r['device'][:10]:>10} {r['batch_size']:5d} "
+                     f"{r['reference_pairs_per_s']:18.2f} {r['fast_pairs_per_s']:13.2f} {r['speedup']:7.2f}x "
+                     f"{ref_peak:>11} {fast_peak:>12}")
+    return "\n".join(lines)

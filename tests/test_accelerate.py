@@ -1,0 +1,34 @@
+"""Data-parallel training: two CPU processes under accelerate launch."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import kdutils as kd
+from kdutils import distill as D
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate's launcher is not installed")
+def test_two_processes_train_a_valid_checkpoint_close_to_one_process(tmp_path):
+    env = {**os.environ, "KDSD_NUM_EPOCHS": "4", "KDSD_EVAL_EVERY": "10", "OMP_NUM_THREADS": "1"}
+    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "kdutils", "train", "--experiment", "roberta", "--profile", "tiny", "--output", str(tmp_path / "two")]
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = tmp_path / "two" / "distill" / "roberta"
+    two = json.loads((out / "metrics.json").read_text())
+    assert two["num_processes"] == 2 and two["history"][-1]["num_pairs"] == 69  # every val pair, once
+    assert sorted(p.name for p in out.iterdir()) == ["best", "history.csv", "last", "metrics.json", "train_log.csv"]
+    from transformers import AutoModel
+
+    AutoModel.from_pretrained(two["best_dir"])  # a valid checkpoint
+
+    cfg = kd.get_profile("tiny", num_epochs=4, eval_every=10, output_dir=str(tmp_path / "one"))
+    one = D.distill(cfg, "roberta", kd.data.prepare_splits(cfg), progress=False)
+    assert two["total_steps"] * 2 == pytest.approx(one.history[-1]["step"], abs=2)
+    assert two["best_val_loss"] == pytest.approx(one.best_val_loss, rel=0.15)
