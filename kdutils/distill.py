@@ -138,6 +138,9 @@ class EvalData:
     en: Tokens
     ko: Tokens
 
+    def __len__(self) -> int:
+        return len(self.en)
+
 
 @torch.no_grad()
 def teacher_targets(teacher, tokens: Tokens, device, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -482,11 +485,19 @@ def load_metrics(cfg, experiment: str) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"no metrics for {experiment!r} in profile {cfg.name!r} ({path}); "
                                 f"run its notebook or `python -m kdutils train --experiment {experiment}` first")
-    return json.loads(path.read_text())
+    metrics = json.loads(path.read_text(encoding="utf-8"))
+    metrics["best_dir"] = str(path.parent / "best")  # where it is now, even if outputs/ moved
+    return metrics
 
 
 def compare_experiments(cfg):
-    """Test metrics of every experiment trained so far in this profile, next to the study's numbers."""
+    """Every experiment trained so far in this profile next to the study's logged losses.
+
+    All MSE values are x100 (the study logged plain ``nn.MSELoss`` values, so
+    its numbers are multiplied by 100 here). ``val_loss``/``mse_en``/``mse_ko``
+    are validation values at the best step; ``test_*`` columns score that
+    checkpoint on the test split.
+    """
     import pandas as pd
 
     rows = []
@@ -495,11 +506,31 @@ def compare_experiments(cfg):
             m = load_metrics(cfg, experiment)
         except FileNotFoundError:
             continue
+        best = next(h for h in m["history"] if h["step"] == m["best_step"])
         t = m["test"] or {}
-        rows.append({"experiment": experiment, "source": f"this course ({cfg.name}, test split)",
-                     "val_loss": m["best_val_loss"], "mse_en": t.get("mse_en"), "mse_ko": t.get("mse_ko"),
-                     "seq_mse_ko": t.get("seq_mse_ko"), "cos_ko": t.get("cos_ko"),
-                     "r1_ko2en": t.get("r1_ko2en"), "empty_mse": t.get("empty_mse"), "best_step": m["best_step"]})
+        rows.append({"experiment": experiment, "source": f"this course ({cfg.name})", "best_step": m["best_step"],
+                     "val_loss": best["val_loss"], "mse_en": best["mse_en"], "mse_ko": best["mse_ko"],
+                     **{f"test_{k}": t.get(k) for k in ("seq_mse_ko", "cos_ko", "r1_ko2en", "empty_mse")}})
     for experiment, study in STUDY_RESULTS.items():
-        rows.append({"experiment": experiment, "source": "study (its logged valid loss)", **study})
+        rows.append({"experiment": experiment, "source": "study (its logged valid loss)",
+                     **{k: 100 * v for k, v in study.items()}})
     return pd.DataFrame(rows).set_index(["experiment", "source"]).sort_index()
+
+
+def ensure_trained(cfg, experiment: str, *, train_missing: bool = True) -> Path | None:
+    """The ``best/`` checkpoint of ``experiment`` in this profile, training it first if missing.
+
+    Lets the sampling notebooks run on their own: in ``tiny`` a missing
+    student costs about half a minute; in ``class``/``paper`` run its notebook
+    (or pass ``train_missing=False`` to get ``None`` instead).
+    """
+    from .data import prepare_splits
+
+    try:
+        return Path(load_metrics(cfg, experiment)["best_dir"])
+    except FileNotFoundError:
+        if not train_missing:
+            return None
+        print(f"no trained {experiment!r} student in profile {cfg.name!r} yet: training it now")
+        distill(cfg, experiment, prepare_splits(cfg))
+        return Path(load_metrics(cfg, experiment)["best_dir"])

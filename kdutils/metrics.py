@@ -11,6 +11,12 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
 
+def mean_baseline(targets: torch.Tensor) -> float:
+    """MSE x 100 of always answering the mean target: what a student that ignores the sentence gets."""
+    targets = targets.float()
+    return 100 * ((targets - targets.mean(0)) ** 2).mean().item()
+
+
 def retrieval_accuracy(queries: torch.Tensor, candidates: torch.Tensor) -> float:
     """Top-1 accuracy of finding row i of ``candidates`` for row i of ``queries`` by cosine.
 

@@ -22,7 +22,7 @@ def image_grid(images: Sequence, titles: Sequence[str] | None = None, ncols: int
     ncols = ncols or min(n, 4)
     nrows = (n + ncols - 1) // ncols
     fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + (0.4 if suptitle else 0)),
-                             squeeze=False)
+                             squeeze=False, layout="constrained")  # leaves room for the suptitle
     for i, ax in enumerate(axes.flat):
         ax.set_xticks([])
         ax.set_yticks([])
@@ -37,7 +37,6 @@ def image_grid(images: Sequence, titles: Sequence[str] | None = None, ncols: int
             axes[r, 0].set_ylabel(label, fontsize=9)
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
-    fig.tight_layout()
     if save is not None:
         Path(save).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(save, dpi=120, bbox_inches="tight")
@@ -64,20 +63,23 @@ def use_korean_font() -> str | None:
 
 
 def loss_curves(metrics: dict, title: str | None = None, save: str | Path | None = None):
-    """Train loss and validation loss (en, ko) against steps, from ``metrics.json`` or a result.
+    """Train loss and validation loss (en, ko) against steps, with the step saved as ``best/``.
 
     Accepts the dict that ``kd.distill.load_metrics`` returns or a ``DistillResult``.
+    Zero losses (the CLIP student's English loss at step 0) fall off the log axis.
     """
     import matplotlib.pyplot as plt
 
     history = metrics["history"] if isinstance(metrics, dict) else metrics.history
     train_log = metrics["train_log"] if isinstance(metrics, dict) else metrics.train_log
+    best_step = metrics["best_step"] if isinstance(metrics, dict) else metrics.best_step
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
     left.plot([r["step"] for r in train_log], [r["loss"] for r in train_log], label="train loss")
     left.plot([h["step"] for h in history], [h["val_loss"] for h in history], "o-", label="val loss")
     right.plot([h["step"] for h in history], [h["mse_en"] for h in history], "o-", label="val en")
     right.plot([h["step"] for h in history], [h["mse_ko"] for h in history], "o-", label="val ko")
     for ax, name in ((left, "loss (MSE x 100)"), (right, "val MSE x 100 by language")):
+        ax.axvline(best_step, color="gray", linestyle="--", label=f"best/ (step {best_step})")
         ax.set_xlabel("step")
         ax.set_ylabel(name)
         ax.set_yscale("log")

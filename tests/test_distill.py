@@ -129,3 +129,22 @@ def test_bad_configurations_fail_clearly(cfg, small_splits, tmp_path):
     AutoTokenizer.from_pretrained(kd.resolve(cfg.student_id)).save_pretrained(narrow)
     with pytest.raises(ValueError, match="student hidden size 32 != teacher hidden size 64"):
         D.distill(cfg.replace(student_id=str(narrow)), "roberta", small_splits, progress=False)
+
+
+def test_comparison_table_uses_one_unit_and_says_which_split(tmp_path):
+    cfg = kd.get_profile("tiny", output_dir=str(tmp_path))
+    assert D.ensure_trained(cfg, "roberta", train_missing=False) is None
+    folder = tmp_path / "distill" / "roberta"
+    folder.mkdir(parents=True)
+    history = [{"step": 0, "val_loss": 90.0, "mse_en": 40.0, "mse_ko": 50.0},
+               {"step": 10, "val_loss": 30.0, "mse_en": 14.0, "mse_ko": 16.0},
+               {"step": 20, "val_loss": 35.0, "mse_en": 15.0, "mse_ko": 20.0}]
+    test = {"seq_mse_ko": 17.0, "cos_ko": 0.8, "r1_ko2en": 0.1, "empty_mse": 2.0}
+    (folder / "metrics.json").write_text(json.dumps({"best_step": 10, "best_val_loss": 30.0, "best_dir": "/moved",
+                                                     "history": history, "test": test}))
+    table = D.compare_experiments(cfg)
+    ours = table.loc[("roberta", "this course (tiny)")]
+    assert (ours["val_loss"], ours["mse_en"], ours["mse_ko"], ours["test_r1_ko2en"]) == (30.0, 14.0, 16.0, 0.1)
+    study = table.loc[("roberta", "study (its logged valid loss)")]
+    assert study["val_loss"] == pytest.approx(96.31) and study["mse_ko"] == pytest.approx(49.88)  # x100, like ours
+    assert D.ensure_trained(cfg, "roberta") == folder / "best"  # where outputs/ is now, not where it was
