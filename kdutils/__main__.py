@@ -22,8 +22,11 @@ def _train(args: argparse.Namespace) -> int:
     import kdutils as kd
 
     overrides = {"output_dir": args.output} if args.output else {}
+    from accelerate import PartialState
+
     cfg = kd.setup(args.profile, quiet=not _is_main(), **overrides)
-    splits = kd.data.prepare_splits(cfg)
+    with PartialState(cpu=cfg.torch_device == "cpu").main_process_first():  # one process writes the splits
+        splits = kd.data.prepare_splits(cfg)
     result = kd.distill.distill(cfg, args.experiment, splits, resume=args.resume, progress=_is_main())
     if _is_main():
         print(f"best checkpoint: {result.best_dir} (step {result.best_step}, val loss {result.best_val_loss:.4f})")

@@ -65,9 +65,13 @@ def build_all(root: Path) -> Path:
         try:
             builders[name](tmp)
             (tmp / "DONE").write_text(ASSETS_VERSION + "\n")
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            if final.exists() and not (final / "DONE").exists():
+                shutil.rmtree(final)  # a half-built leftover
+            try:
+                os.replace(tmp, final)
+            except OSError:
+                if not (final / "DONE").exists():  # else another process built it first
+                    raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return root
