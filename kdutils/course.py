@@ -92,7 +92,7 @@ def run_course(profile: str | None = None, only: list[str] | None = None, timeou
             n_code = sum(c.cell_type == "code" for c in nb.cells)
             done = [0]
 
-            def on_cell_complete(cell, cell_index, **_):
+            def on_cell_complete(cell, cell_index, done=done, n_code=n_code, **_):
                 done[0] += cell.cell_type == "code"
                 bar.set_postfix_str(f"cell {done[0]}/{n_code}")
 

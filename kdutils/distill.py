@@ -351,15 +351,16 @@ def distill(cfg, experiment: str, splits, *, output_dir: str | Path | None = Non
                       * torch.finfo(teacher_dtype).bits // 8)
     if cache_teacher is None:  # cache when it fits in 2 GB of host memory
         cache_teacher = len(train) * bytes_per_pair <= 2 * 1024 ** 3
-    if device.type == "cuda":  # pinned host memory makes the per-step copies asynchronous
-        for tokens in (teacher_train, student_en, student_ko):
-            tokens.ids, tokens.mask = tokens.ids.pin_memory(), tokens.mask.pin_memory()
+    on_gpu = device.type == "cuda"
     cached = None
     if cache_teacher:
         seq, pooled = teacher_targets(teacher, teacher_train, device)
         cached = pooled if target == "pooled" else seq
-        if device.type == "cuda":
-            cached = cached.pin_memory()
+        if on_gpu and cached.numel() * cached.element_size() <= 2 * 1024 ** 3:
+            cached = cached.to(device)
+    if on_gpu:  # the ids are small: keep them on the GPU, so a step copies nothing from the host
+        for tokens in (teacher_train, student_en, student_ko, empty_student):
+            tokens.ids, tokens.mask = tokens.ids.to(device), tokens.mask.to(device)
 
     world, rank = accelerator.num_processes, accelerator.process_index
     per_process = len(train) // world
@@ -411,13 +412,17 @@ def distill(cfg, experiment: str, splits, *, output_dir: str | Path | None = Non
         if epoch != perm_epoch:  # a fresh permutation per epoch, from the seed alone (so resume is exact)
             perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
             shard, perm_epoch = perm[: per_process * world][rank::world], epoch
+            shard_on_device = shard.to(device)
         idx = shard[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-        if cached is not None:
-            target_batch = cached[idx].to(device, non_blocking=True)
-        else:
-            target_batch = teacher_batch(teacher, teacher_train.ids[idx].to(device, non_blocking=True), target)
-        ids = torch.cat([student_en.ids[idx], student_ko.ids[idx], empty_student.ids]).to(device, non_blocking=True)
-        mask = torch.cat([student_en.mask[idx], student_ko.mask[idx], empty_student.mask]).to(device, non_blocking=True)
+        tok = shard_on_device[i * cfg.batch_size:(i + 1) * cfg.batch_size]  # indexes tensors on the device
+        if cached is None:
+            target_batch = teacher_batch(teacher, teacher_train.ids[tok], target)
+        elif cached.device.type == device.type:
+            target_batch = cached[tok]
+        else:  # a cache too large for the GPU: gather on the host into pinned memory, copy asynchronously
+            target_batch = cached[idx].pin_memory().to(device, non_blocking=True)
+        ids = torch.cat([student_en.ids[tok], student_ko.ids[tok], empty_student.ids])
+        mask = torch.cat([student_en.mask[tok], student_ko.mask[tok], empty_student.mask])
         running += distill_step(student, optimizer, scheduler, accelerator, ids, mask, target_batch, target,
                                 empty_target, empty_weight, cfg.grad_clip)
         running_steps += 1

@@ -48,7 +48,7 @@ def test_follows_the_template(path):
     cells = ["".join(c["source"]) for c in nb["cells"]]
     kinds = [c["cell_type"] for c in nb["cells"]]
     assert kinds[0] == "markdown" and cells[0].startswith("# ")
-    assert f"colab.research.google.com/github/" in cells[0] and f"notebooks/{path.name}" in cells[0]
+    assert "colab.research.google.com/github/" in cells[0] and f"notebooks/{path.name}" in cells[0]
     assert "배울 것" in cells[0]
     setup = next(c for c, k in zip(cells, kinds) if k == "code")
     assert "google.colab" in setup and "pip install" in setup
