@@ -134,16 +134,13 @@ def fast_steps(experiment: str, batch_size: int, steps: int, warmup: int, device
     from accelerate import Accelerator
     from transformers import get_cosine_schedule_with_warmup
 
-    from .distill import _mixed_precision, _param_groups
+    from .distill import _mixed_precision, make_optimizer, teacher_dtype
 
     accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=_mixed_precision(device.type))
     teacher, student = build_models(experiment, size)
-    half = torch.float16 if device.type == "cuda" else torch.float32
-    teacher.requires_grad_(False).eval().to(device, half)
-    if TARGETS[experiment] == "sequence" and getattr(student, "pooler", None) is not None:
-        student.pooler.requires_grad_(False)
+    teacher.requires_grad_(False).eval().to(device, teacher_dtype(device))
     student.to(device).train()
-    opt = torch.optim.AdamW(_param_groups(student, 1e-4), lr=5e-5, fused=device.type == "cuda")
+    opt = make_optimizer(student, TARGETS[experiment], 5e-5, 1e-4, device)
     sched = get_cosine_schedule_with_warmup(opt, 10, 1000)
     t_ids, en, ko, mask = _batch(teacher, student, batch_size)
     student, opt = accelerator.prepare(student, opt)

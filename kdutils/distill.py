@@ -130,13 +130,16 @@ def distill_step(student, optimizer, scheduler, accelerator, ids, mask, target_b
 # --------------------------------------------------------------- evaluation
 @dataclass
 class EvalData:
-    """What evaluation needs for one split: tokens and the teacher's targets (on the CPU)."""
+    """What evaluation needs for one split: tokens and the teacher's targets (on the CPU),
+    plus the empty prompt ``""`` that classifier-free guidance feeds the UNet."""
 
     teacher_mask: torch.Tensor
     teacher_seq: torch.Tensor
     teacher_pooled: torch.Tensor
     en: Tokens
     ko: Tokens
+    empty: Tokens
+    empty_seq: torch.Tensor
 
     def __len__(self) -> int:
         return len(self.en)
@@ -155,16 +158,18 @@ def teacher_targets(teacher, tokens: Tokens, device, batch_size: int = 64) -> tu
 
 
 def prepare_eval(teacher, teacher_tokenizer, student_tokenizer, split, device, max_length: int) -> EvalData:
-    """Tokenise a split for both models and compute the teacher's targets once."""
+    """Tokenise a split (and ``""``) for both models and compute the teacher's targets once."""
     teacher_tokens = tokenize(teacher_tokenizer, split["en"], max_length)
     seq, pooled = teacher_targets(teacher, teacher_tokens, device)
+    empty_seq, _ = teacher_targets(teacher, tokenize(teacher_tokenizer, [""], max_length), device)
     return EvalData(teacher_tokens.mask, seq, pooled, tokenize(student_tokenizer, split["en"], max_length),
-                    tokenize(student_tokenizer, split["ko"], max_length))
+                    tokenize(student_tokenizer, split["ko"], max_length),
+                    tokenize(student_tokenizer, [""], max_length), empty_seq)
 
 
 @torch.no_grad()
-def evaluate(student, data: EvalData, empty: tuple[Tokens, torch.Tensor], target: str, device,
-             batch_size: int = 64, accelerator=None) -> dict[str, float]:
+def evaluate(student, data: EvalData, target: str, device, batch_size: int = 64,
+             accelerator=None) -> dict[str, float]:
     """Held-out metrics of a student against the teacher's English targets.
 
     MSE values are multiplied by 100. ``mse_en``/``mse_ko`` are on the
@@ -204,15 +209,14 @@ def evaluate(student, data: EvalData, empty: tuple[Tokens, torch.Tensor], target
     if accelerator is not None and world > 1:  # rank order = row order; drop the wrapped-around rows
         stats, ko_vectors, en_vectors = (accelerator.gather(x)[:n] for x in (stats, ko_vectors, en_vectors))
     means = stats.mean(0).tolist()
-    empty_tokens, empty_target = empty
-    empty_out = encode(student, empty_tokens.ids.to(device), empty_tokens.mask.to(device))[0].float()
+    empty_out = encode(student, data.empty.ids.to(device), data.empty.mask.to(device))[0].float()
     metrics = {
         "mse_en": 100 * means[0], "mse_ko": 100 * means[3],
         "seq_mse_en": 100 * means[1], "seq_mse_ko": 100 * means[4],
         "cos_en": means[2], "cos_ko": means[5],
         "r1_ko2en": retrieval_accuracy(ko_vectors, en_vectors),
         "r1_en2ko": retrieval_accuracy(en_vectors, ko_vectors),
-        "empty_mse": 100 * F.mse_loss(empty_out, empty_target.to(device).float()).item(),
+        "empty_mse": 100 * F.mse_loss(empty_out, data.empty_seq.to(device).float()).item(),
         "num_pairs": int(len(stats)),
     }
     metrics["val_loss"] = metrics["mse_en"] + metrics["mse_ko"]
@@ -247,6 +251,23 @@ def _param_groups(model, weight_decay: float) -> list[dict]:
             continue
         (plain if name in no_decay or name.endswith("bias") else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+
+
+def teacher_dtype(device) -> torch.dtype:
+    """The frozen teacher runs in fp16 on CUDA (its outputs are targets only), fp32 elsewhere."""
+    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def make_optimizer(student, target: str, lr: float, weight_decay: float, device):
+    """AdamW for the student (fused on CUDA), no decay on biases and LayerNorm weights.
+
+    For ``sequence`` targets RoBERTa's pooler is frozen: it is not in the loss,
+    and data-parallel training would wait for its gradients forever.
+    """
+    if target == "sequence" and getattr(student, "pooler", None) is not None:
+        student.pooler.requires_grad_(False)
+    return torch.optim.AdamW(_param_groups(student, weight_decay), lr=lr,
+                             fused=torch.device(device).type == "cuda")
 
 
 def _mixed_precision(device: str) -> str:
@@ -298,9 +319,9 @@ def save_checkpoint(folder: Path, student, tokenizer, meta: dict, state: dict | 
     return folder
 
 
-def distill(cfg, experiment: str, splits, *, output_dir: str | Path | None = None, resume: bool = False,
-            stop_after: int | None = None, cache_teacher: bool | None = None, log_every: int = 10,
-            progress: bool = True) -> DistillResult:
+def distill(cfg, experiment: str, splits, *, models: tuple | None = None, val: EvalData | None = None,
+            output_dir: str | Path | None = None, resume: bool = False, stop_after: int | None = None,
+            cache_teacher: bool | None = None, log_every: int = 10, progress: bool = True) -> DistillResult:
     """Train a student for ``experiment`` on ``splits`` (train/val/test with ``ko``/``en``).
 
     Evaluates on val every ``cfg.eval_every`` steps and at the end, keeps the
@@ -308,6 +329,10 @@ def distill(cfg, experiment: str, splits, *, output_dir: str | Path | None = Non
     state in ``last/``, then scores ``best`` on the test split. ``resume``
     continues from ``last/`` and ends where an uninterrupted run ends;
     ``stop_after`` stops after that many steps (as a crash would).
+
+    A notebook that already loaded ``models = (teacher_tokenizer, teacher,
+    student_tokenizer, student)`` and computed ``val = prepare_eval(...)``
+    passes them, so nothing is loaded or computed twice.
     """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
@@ -330,11 +355,17 @@ def distill(cfg, experiment: str, splits, *, output_dir: str | Path | None = Non
     if main:
         out.mkdir(parents=True, exist_ok=True)
 
-    teacher_dtype = torch.float16 if device.type == "cuda" else torch.float32
-    teacher_tokenizer, teacher = load_teacher(cfg, device=device, dtype=teacher_dtype)
-    student_tokenizer, student = load_student(cfg, experiment, teacher.config.hidden_size)
-    if target == "sequence" and getattr(student, "pooler", None) is not None:
-        student.pooler.requires_grad_(False)  # not in the loss; DDP would wait for its gradients forever
+    half = teacher_dtype(device)
+    if models is None:
+        teacher_tokenizer, teacher = load_teacher(cfg, device=device, dtype=half)
+        student_tokenizer, student = load_student(cfg, experiment, teacher.config.hidden_size)
+    else:
+        teacher_tokenizer, teacher, student_tokenizer, student = models
+        teacher.requires_grad_(False).eval().to(device, half)
+        if student.config.hidden_size != teacher.config.hidden_size:
+            raise ValueError(f"student hidden size {student.config.hidden_size} != teacher hidden size "
+                             f"{teacher.config.hidden_size}")
+    seed_everything(cfg.seed)  # the same state however the models arrived
     student.to(device).train()
 
     # pre-tokenised tensors: tokenisation never runs inside the loop
@@ -342,13 +373,13 @@ def distill(cfg, experiment: str, splits, *, output_dir: str | Path | None = Non
     teacher_train = tokenize(teacher_tokenizer, train["en"], cfg.max_length)
     student_en = tokenize(student_tokenizer, train["en"], cfg.max_length)
     student_ko = tokenize(student_tokenizer, train["ko"], cfg.max_length)
-    val = prepare_eval(teacher, teacher_tokenizer, student_tokenizer, splits["val"], device, cfg.max_length)
-    empty_teacher = tokenize(teacher_tokenizer, [""], cfg.max_length)
+    if val is None:
+        val = prepare_eval(teacher, teacher_tokenizer, student_tokenizer, splits["val"], device, cfg.max_length)
     empty_student = tokenize(student_tokenizer, [""], cfg.max_length)
-    empty_seq, empty_pooled = teacher_targets(teacher, empty_teacher, device)
+    empty_seq, empty_pooled = teacher_targets(teacher, tokenize(teacher_tokenizer, [""], cfg.max_length), device)
     empty_target = (empty_pooled if target == "pooled" else empty_seq).to(device)
     bytes_per_pair = (teacher.config.hidden_size * (cfg.max_length if target == "sequence" else 1)
-                      * torch.finfo(teacher_dtype).bits // 8)
+                      * torch.finfo(half).bits // 8)
     if cache_teacher is None:  # cache when it fits in 2 GB of host memory
         cache_teacher = len(train) * bytes_per_pair <= 2 * 1024 ** 3
     on_gpu = device.type == "cuda"
@@ -366,8 +397,7 @@ def distill(cfg, experiment: str, splits, *, output_dir: str | Path | None = Non
     per_process = len(train) // world
     steps_per_epoch = math.ceil(per_process / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.num_epochs
-    optimizer = torch.optim.AdamW(_param_groups(student, cfg.weight_decay), lr=cfg.lr,
-                                  fused=device.type == "cuda")
+    optimizer = make_optimizer(student, target, cfg.lr, cfg.weight_decay, device)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     student, optimizer = accelerator.prepare(student, optimizer)
     raw_student = accelerator.unwrap_model(student)
@@ -398,7 +428,7 @@ def distill(cfg, experiment: str, splits, *, output_dir: str | Path | None = Non
         save_checkpoint(last_dir, raw_student, student_tokenizer, {**meta_base, "step": step}, state)
 
     if start_step == 0:  # the untrained student, so curves and "loss falls" start from it
-        metrics = evaluate(raw_student, val, (empty_student, empty_seq), target, device, accelerator=accelerator)
+        metrics = evaluate(raw_student, val, target, device, accelerator=accelerator)
         history.append({**metrics, "step": 0, "epoch": 0.0, "seconds": 0.0})
     empty_weight = cfg.empty_prompt_weight
     running = torch.zeros(3, device=device)
@@ -435,7 +465,7 @@ def distill(cfg, experiment: str, splits, *, output_dir: str | Path | None = Non
             running.zero_()
             running_steps = 0
         if done % cfg.eval_every == 0 or done == total_steps:
-            metrics = evaluate(raw_student, val, (empty_student, empty_seq), target, device, accelerator=accelerator)
+            metrics = evaluate(raw_student, val, target, device, accelerator=accelerator)
             metrics.update(step=done, epoch=round(done / steps_per_epoch, 3),
                            seconds=round(time.perf_counter() - started, 1))
             history.append(metrics)
@@ -462,7 +492,7 @@ def distill(cfg, experiment: str, splits, *, output_dir: str | Path | None = Non
         if "test" in splits and len(splits["test"]) else None
     test_metrics = None
     if test is not None:
-        test_metrics = evaluate(raw_student, test, (empty_student, empty_seq), target, device, accelerator=accelerator)
+        test_metrics = evaluate(raw_student, test, target, device, accelerator=accelerator)
     result = DistillResult(out, best_dir, best_step, best_val, history, train_log, test_metrics)
     if main:
         summary = {**meta_base, "best_step": best_step, "best_val_loss": best_val, "best_dir": str(best_dir),

@@ -79,9 +79,7 @@ def test_evaluate_scores_a_perfect_student_perfectly(cfg, small_splits):
     teacher_tokenizer, teacher = load_teacher(cfg, device="cpu")
     data = D.prepare_eval(teacher, teacher_tokenizer, teacher_tokenizer, small_splits["val"], "cpu", 77)
     data.ko = data.en  # a student that sees English on both sides and equals the teacher
-    empty = D.tokenize(teacher_tokenizer, [""])
-    empty_seq, _ = D.teacher_targets(teacher, empty, "cpu")
-    m = D.evaluate(teacher, data, (empty, empty_seq), "sequence", "cpu")
+    m = D.evaluate(teacher, data, "sequence", "cpu")
     assert m["mse_en"] == m["mse_ko"] == m["empty_mse"] == 0.0
     assert m["cos_ko"] == pytest.approx(1.0) and m["r1_ko2en"] == 1.0 and m["r1_en2ko"] == 1.0
 
