@@ -74,22 +74,30 @@ def load_trained_student(student_dir: str | Path, max_length: int = 77):
     return tokenizer, student, meta
 
 
-def korean_pipeline(cfg, student_dir: str | Path, *, safety_checker: bool = True, device: str | None = None):
+def korean_pipeline(cfg, student_dir: str | Path, *, base=None, safety_checker: bool = True,
+                    device: str | None = None):
     """SD whose text encoder and tokenizer are the trained student in ``student_dir``.
 
-    Raises if the student's hidden size differs from the UNet's cross-attention
-    width. Load training models out of memory before calling this on a 12 GB GPU.
+    With ``base`` (an SD pipeline already loaded), the new pipeline shares its
+    UNet, VAE, scheduler and safety checker, so comparing several encoders
+    loads SD once. Raises if the student's hidden size differs from the UNet's
+    cross-attention width. Free training models before this on a 12 GB GPU.
     """
-    from diffusers import UNet2DConditionModel
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
     tokenizer, student, _ = load_trained_student(student_dir, cfg.max_length)
-
-    cross = UNet2DConditionModel.load_config(resolve(cfg.sd_id), subfolder="unet")["cross_attention_dim"]
+    unet_config = base.unet.config if base is not None else UNet2DConditionModel.load_config(
+        resolve(cfg.sd_id), subfolder="unet")
+    cross = unet_config["cross_attention_dim"]
     if student.config.hidden_size != cross:
         raise ValueError(f"student hidden size {student.config.hidden_size} != UNet cross-attention dim {cross}; "
                          f"the student must be distilled from this SD's text encoder")
-    return load_sd_pipeline(cfg, safety_checker=safety_checker, text_encoder=student, tokenizer=tokenizer,
-                            device=device)
+    if base is None:
+        return load_sd_pipeline(cfg, safety_checker=safety_checker, text_encoder=student, tokenizer=tokenizer,
+                                device=device)
+    student = student.to(base.device, base.unet.dtype)
+    return StableDiffusionPipeline(**{**base.components, "text_encoder": student, "tokenizer": tokenizer},
+                                   requires_safety_checker=base.config.requires_safety_checker)
 
 
 def export_pipeline(cfg, student_dir: str | Path, output_dir: str | Path, *, safety_checker: bool = True) -> Path:

@@ -74,6 +74,18 @@ def test_same_latents_and_encoder_give_identical_images(cfg, pipe):
     assert not np.array_equal(np.asarray(a[0]), np.asarray(other[0]))
 
 
+def test_a_shared_base_swaps_only_the_text_side_and_gives_the_same_images(cfg, student_dir, pipe):
+    base = P.load_sd_pipeline(cfg)
+    shared = P.korean_pipeline(cfg, student_dir, base=base)
+    assert shared.unet is base.unet and shared.vae is base.vae  # SD is not loaded again
+    assert type(shared.text_encoder).__name__ == "RobertaModel" and type(base.text_encoder).__name__ == "CLIPTextModel"
+    latents = P.fixed_latents(pipe, cfg, 2)
+    prompts = ["빨간 사과", "파란 하늘"]
+    alone = P.generate(pipe, prompts, latents, num_inference_steps=2)
+    together = P.generate(shared, prompts, latents, num_inference_steps=2)
+    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(alone, together))
+
+
 def test_image_metrics_are_maximal_for_the_same_image_and_lower_when_shuffled(cfg, pipe):
     images = P.generate(pipe, ["빨간 사과", "고양이", "바다", "산"], P.fixed_latents(pipe, cfg, 4),
                         num_inference_steps=2)
