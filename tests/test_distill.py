@@ -59,6 +59,22 @@ def test_prompts_are_padded_to_77_and_the_mask_hides_padding(cfg):
     assert torch.allclose(padded, short, atol=1e-5), "padding must not change the real tokens' embeddings"
 
 
+def test_pooled_steps_skip_padding_columns_without_changing_the_loss(cfg):
+    tokenizer, student = load_student(cfg, "roberta_pooler")
+    student.eval()
+    tokens = D.tokenize(tokenizer, ["빨간 사과", "파란 하늘 아래 두 마리의 고양이", ""])
+    lengths = tokens.mask.sum(1)
+    width = D.step_width(student, "pooled", lengths[:1], lengths[1:2], lengths[2:])
+    assert width == int(lengths.max()) < 77
+    assert D.step_width(student, "sequence", lengths) is None  # the UNet reads all 77 positions
+    _, clip_student = load_student(cfg, "clip")
+    assert D.step_width(clip_student, "pooled", lengths) is None  # no attention mask: padding matters
+    with torch.no_grad():
+        full = D.encode(student, tokens.ids, tokens.mask).pooler_output
+        short = D.encode(student, tokens.ids[:, :width], tokens.mask[:, :width]).pooler_output
+    assert torch.allclose(full, short, atol=1e-5)
+
+
 @pytest.mark.parametrize("experiment", ["clip", "roberta"])
 def test_training_embedding_equals_the_pipeline_embedding(cfg, experiment):
     from diffusers import StableDiffusionPipeline
