@@ -12,12 +12,16 @@ from __future__ import annotations
 import json
 import statistics
 import time
+import weakref
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.weak import WeakIdKeyDictionary
 
-from .distill import TARGETS, distill_step, teacher_batch
+from .distill import TARGETS, distill_step, step_width, teacher_batch
 
 CLIP_L14_TEXT = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                      num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
@@ -64,9 +68,14 @@ def _peak_start(device: torch.device) -> None:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     else:
-        try:  # reset this process's peak resident memory (Linux)
+        import ctypes
+        import gc
+
+        gc.collect()
+        try:  # hand memory freed by earlier runs back to the OS, then reset the peak resident memory (Linux)
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
             Path("/proc/self/clear_refs").write_text("5")
-        except OSError:
+        except (OSError, AttributeError):
             pass
 
 
@@ -80,6 +89,21 @@ def _peak_gb(device: torch.device) -> float | None:
     except OSError:
         pass
     return None
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model and how many threads torch uses."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model} ({torch.get_num_threads()} threads)"
 
 
 def _sync(device: torch.device) -> None:
@@ -145,15 +169,16 @@ def fast_steps(experiment: str, batch_size: int, steps: int, warmup: int, device
     t_ids, en, ko, mask = _batch(teacher, student, batch_size)
     student, opt = accelerator.prepare(student, opt)
     # as in the engine: pre-tokenised ids live on the device, so a step copies nothing from the host
-    t_ids, ids, masks = t_ids.to(device), torch.cat([en, ko]).to(device), torch.cat([mask, mask]).to(device)
     target = TARGETS[experiment]
+    width = step_width(student, target, mask.sum(1))  # from host-side counts, as in the engine
+    t_ids, ids, masks = t_ids.to(device), torch.cat([en, ko]).to(device), torch.cat([mask, mask]).to(device)
     _peak_start(device)
     times, running = [], torch.zeros(3, device=device)
     for i in range(warmup + steps):
         _sync(device)
         start = time.perf_counter()
         target_batch = teacher_batch(teacher, t_ids, target)
-        running += distill_step(student, opt, sched, accelerator, ids, masks, target_batch, target)
+        running += distill_step(student, opt, sched, accelerator, ids, masks, target_batch, target, width=width)
         _sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
@@ -163,13 +188,100 @@ def fast_steps(experiment: str, batch_size: int, steps: int, warmup: int, device
     return statistics.median(times), peak
 
 
+class LiveTensorBytes(TorchDispatchMode):
+    """Counts the bytes of tensor storage alive while active; ``peak`` is the most seen after any op.
+
+    Storages that exist before (weights, optimizer state, inputs) are passed as
+    ``known`` and make up ``base``. Every new storage an op creates is added when
+    it appears and subtracted when it is freed. That is what CUDA's
+    ``max_memory_allocated`` counts, without the allocator's 512-byte rounding
+    and the scratch space inside kernels.
+    """
+
+    def __init__(self, known=()):
+        super().__init__()
+        self._sizes = WeakIdKeyDictionary()
+        for t in known:
+            self._sizes.setdefault(t.untyped_storage(), t.untyped_storage().nbytes())
+        self.base = sum(self._sizes.values())
+        self.current = self.peak = self.base
+
+    def _free(self, nbytes: int) -> None:
+        self.current -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                if storage not in self._sizes:
+                    self._sizes[storage] = n = storage.nbytes()
+                    self.current += n
+                    weakref.finalize(storage, self._free, n)
+        self.peak = max(self.peak, self.current)
+        return out
+
+
+class _Bf16:
+    """Accelerate's bf16 mode reduced to what ``distill_step`` calls (Accelerate allows one precision per process)."""
+
+    def autocast(self):
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+
+    def backward(self, loss):
+        loss.backward()
+
+    def clip_grad_norm_(self, parameters, max_norm):
+        return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+
+
+def estimate_gpu_memory(experiment: str, batch_size: int = 32, size: str = "full") -> dict:
+    """GPU memory one engine step needs, measured on the CPU by counting live tensors.
+
+    Runs ``distill_step`` with the engine's CUDA choices: the teacher in 16 bits
+    (bf16 here, the same bytes as the fp16 it gets on CUDA), the student under
+    bf16 autocast, fused AdamW, gradients freed after each step. Returns GB
+    (2**30 bytes): ``base`` (weights, optimizer state, token ids) and ``peak``
+    (the most alive at once during a step). A CUDA run adds the allocator's
+    rounding and kernel scratch space, and its context (about 0.5 GB, outside
+    PyTorch's counters).
+    """
+    from torch.optim.lr_scheduler import LambdaLR
+
+    from .distill import make_optimizer
+
+    teacher, student = build_models(experiment, size)
+    teacher.requires_grad_(False).eval().to(torch.bfloat16)
+    student.train()
+    target = TARGETS[experiment]
+    opt = make_optimizer(student, target, 5e-5, 1e-4, "cuda")  # fused=True, as on CUDA
+    sched = LambdaLR(opt, lambda _: 1.0)
+    t_ids, en, ko, mask = _batch(teacher, student, batch_size)
+    ids, masks = torch.cat([en, ko]), torch.cat([mask, mask])
+    width = step_width(student, target, mask.sum(1))
+
+    def step():
+        target_batch = teacher_batch(teacher, t_ids, target)
+        distill_step(student, opt, sched, _Bf16(), ids, masks, target_batch, target, width=width)
+
+    step()  # creates the optimizer state, which then lives as long as training does
+    known = [*teacher.parameters(), *teacher.buffers(), *student.parameters(), *student.buffers(), t_ids, ids, masks,
+             *(v for state in opt.state.values() for v in state.values() if torch.is_tensor(v))]
+    with LiveTensorBytes(known) as live:
+        step()
+    return {"experiment": experiment, "batch_size": batch_size, "base_gb": live.base / 1024 ** 3,
+            "peak_gb": live.peak / 1024 ** 3}
+
+
 def run_bench(experiments=("clip", "roberta", "roberta_pooler"), *, device: str | None = None,
               batch_size: int | None = None, steps: int | None = None, warmup: int | None = None,
               repeats: int = 3, size: str = "full", output: str | Path | None = None) -> list[dict]:
     """Median pairs/s and peak memory of both loops per experiment; writes JSON if ``output``.
 
     Defaults: the study's batch 32 on CUDA (5 warm-up + 20 measured steps);
-    batch 4 on CPU (1 + 3 steps). Each loop is measured ``repeats`` times.
+    batch 4 on CPU (1 + 3 steps). Each loop is measured ``repeats`` times,
+    the two loops taking turns. On CPU each row also gets
+    ``gpu_estimate_peak_gb``: ``estimate_gpu_memory`` at batch 32.
     """
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     on_gpu = dev.type == "cuda"
@@ -178,17 +290,21 @@ def run_bench(experiments=("clip", "roberta", "roberta_pooler"), *, device: str 
     warmup = 5 if warmup is None and on_gpu else (1 if warmup is None else warmup)
     rows = []
     for experiment in experiments:
-        row = {"experiment": experiment, "device": torch.cuda.get_device_name(0) if on_gpu else "cpu",
-               "batch_size": batch_size, "repeats": repeats}
-        for name, fn in (("reference", reference_steps), ("fast", fast_steps)):
-            runs = [fn(experiment, batch_size, steps, warmup, dev, size) for _ in range(repeats)]
-            seconds = statistics.median(r[0] for r in runs)
-            peaks = [r[1] for r in runs if r[1] is not None]
+        row = {"experiment": experiment, "device": device_name(dev), "batch_size": batch_size, "repeats": repeats}
+        runs = {"reference": [], "fast": []}
+        for _ in range(repeats):  # alternate the loops, so a slow spell of the machine hits both
+            for name, fn in (("reference", reference_steps), ("fast", fast_steps)):
+                runs[name].append(fn(experiment, batch_size, steps, warmup, dev, size))
+                if on_gpu:
+                    torch.cuda.empty_cache()
+        for name, measured in runs.items():
+            seconds = statistics.median(r[0] for r in measured)
+            peaks = [r[1] for r in measured if r[1] is not None]
             row[f"{name}_pairs_per_s"] = batch_size / seconds
             row[f"{name}_peak_gb"] = max(peaks) if peaks else None
-            if on_gpu:
-                torch.cuda.empty_cache()
         row["speedup"] = row["fast_pairs_per_s"] / row["reference_pairs_per_s"]
+        if not on_gpu:  # no GPU to measure: count the tensors a CUDA step at the study's batch keeps alive
+            row["gpu_estimate_peak_gb"] = estimate_gpu_memory(experiment, 32, size)["peak_gb"]
         rows.append(row)
     if output is not None:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
@@ -197,13 +313,24 @@ def run_bench(experiments=("clip", "roberta", "roberta_pooler"), *, device: str 
 
 
 def format_table(rows: list[dict]) -> str:
-    """A plain-text table of ``run_bench`` rows."""
-    lines = [f"{'experiment':16} {'device':>10} {'batch':>5} {'reference pairs/s':>18} {'fast pairs/s':>13} "
+    """A plain-text table of ``run_bench`` rows, the device on the first line."""
+    devices = sorted({r["device"] for r in rows})
+    lines = [f"device: {', '.join(devices)}",
+             f"{'experiment':16} {'batch':>5} {'reference pairs/s':>18} {'fast pairs/s':>13} "
              f"{'speedup':>8} {'ref peak GB':>11} {'fast peak GB':>12}"]
+    estimates = any("gpu_estimate_peak_gb" in r for r in rows)
+    if estimates:
+        lines[1] += f" {'est. GPU GB @32':>15}"
     for r in rows:
         ref_peak = "n/a" if r["reference_peak_gb"] is None else f"{r['reference_peak_gb']:.2f}"
         fast_peak = "n/a" if r["fast_peak_gb"] is None else f"{r['fast_peak_gb']:.2f}"
-        lines.append(f"{r['experiment']:16} {r['device'][:10]:>10} {r['batch_size']:5d} "
-                     f"{r['reference_pairs_per_s']:18.2f} {r['fast_pairs_per_s']:13.2f} {r['speedup']:7.2f}x "
-                     f"{ref_peak:>11} {fast_peak:>12}")
+        line = (f"{r['experiment']:16} {r['batch_size']:5d} "
+                f"{r['reference_pairs_per_s']:18.2f} {r['fast_pairs_per_s']:13.2f} {r['speedup']:7.2f}x "
+                f"{ref_peak:>11} {fast_peak:>12}")
+        if estimates:
+            line += f" {r.get('gpu_estimate_peak_gb', float('nan')):15.2f}"
+        lines.append(line)
+    if estimates:
+        lines.append("peak GB on CPU: the process's resident memory; est. GPU GB @32: live tensors of one engine "
+                     "step at batch 32 with CUDA's precision (kdutils.bench.estimate_gpu_memory)")
     return "\n".join(lines)

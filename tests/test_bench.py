@@ -22,4 +22,36 @@ def test_bench_reports_both_loops_and_their_ratio(tmp_path, experiment):
     assert row["reference_pairs_per_s"] > 0 and row["fast_pairs_per_s"] > 0
     assert row["speedup"] == pytest.approx(row["fast_pairs_per_s"] / row["reference_pairs_per_s"])
     assert json.loads(out.read_text()) == rows
+    assert row["gpu_estimate_peak_gb"] > 0  # no GPU here: the estimate stands in
     assert experiment in bench.format_table(rows)
+
+
+def test_live_tensor_bytes_counts_new_storages_once_and_frees_them():
+    import torch
+
+    weights = torch.zeros(1000)  # 4000 bytes that exist before
+    with bench.LiveTensorBytes([weights]) as live:
+        a = torch.empty(250)  # +1000
+        view = a.view(25, 10)  # the same storage: nothing new
+        weights.add_(1)  # in place on a known storage: nothing new
+        assert live.current == 5000
+        del a, view  # -1000
+        b = torch.empty(500)  # +2000
+    assert (live.base, live.peak, live.current) == (4000, 6000, 6000)
+    del b
+    assert live.current == 4000
+
+
+@pytest.mark.parametrize("experiment", ["clip", "roberta_pooler"])
+def test_gpu_memory_estimate_counts_weights_optimizer_and_gradients(experiment):
+    est = bench.estimate_gpu_memory(experiment, batch_size=8, size="tiny")
+    teacher, student = bench.build_models(experiment, "tiny")
+    trainable = sum(p.numel() for n, p in student.named_parameters()
+                    if experiment == "roberta_pooler" or not n.startswith("pooler"))
+    gib = 1024 ** 3
+    # teacher in 16 bits; student fp32 with two AdamW moments per trainable weight
+    expected_base = 2 * count_parameters(teacher) + 4 * count_parameters(student) + 8 * trainable
+    assert est["base_gb"] * gib == pytest.approx(expected_base, rel=0.02)
+    # during the step the fp32 gradients exist next to everything in base
+    assert est["peak_gb"] * gib >= est["base_gb"] * gib + 4 * trainable
+    assert bench.estimate_gpu_memory(experiment, batch_size=32, size="tiny")["peak_gb"] > est["peak_gb"]
