@@ -92,29 +92,60 @@ def distill_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, batch_siz
 
 
 @torch.no_grad()
-def teacher_batch(teacher, ids: torch.Tensor, target: str) -> torch.Tensor:
+def teacher_batch(teacher, ids: torch.Tensor, target: str, width: int | None = None) -> torch.Tensor:
     """The teacher's targets for one batch of English ids (no graph is kept).
 
     ``no_grad`` rather than ``inference_mode``: the MSE saves its target for
-    the backward pass, which inference tensors do not allow.
+    the backward pass, which inference tensors do not allow. ``width`` (from
+    ``step_width``) drops trailing padding columns.
     """
-    out = encode(teacher, ids, None)
+    out = encode(teacher, ids if width is None else ids[:, :width], None)
     return out.pooler_output if target == "pooled" else out[0]
 
 
-def step_width(student, target: str, *lengths: torch.Tensor) -> int | None:
-    """How many token columns a training step needs, from token counts kept on the host.
+def step_width(model, target: str, *lengths: torch.Tensor) -> int | None:
+    """How many token columns a step needs, from token counts kept on the host.
 
-    A ``pooled`` target on a student that reads the attention mask depends on
-    real tokens only, so the step can stop at the longest sentence of the
-    batch instead of 77 (about half the student's work; no host sync, since
-    the counts live on the CPU). ``sequence`` targets need all 77 positions,
-    because the UNet reads the padding positions too: ``None``.
+    A ``pooled`` target depends on real tokens only when the model hides
+    padding with the attention mask (the RoBERTa students) or reads causally
+    and pools at the end token (CLIP, teacher or student). Then the step can
+    stop at the longest sentence of the batch instead of 77, about half the
+    work, with no host sync since the counts live on the CPU. ``sequence``
+    targets need all 77 positions, because the UNet reads the padding
+    positions too: ``None``.
     """
-    config = getattr(student, "module", student).config
-    if target != "pooled" or not getattr(config, "use_attention_mask", False):
+    config = getattr(model, "module", model).config
+    real_tokens_only = getattr(config, "use_attention_mask", False) or config.model_type == "clip_text_model"
+    if target != "pooled" or not real_tokens_only:
         return None
     return int(max(int(n.max()) for n in lengths))
+
+
+def student_loss(student, accelerator, ids, mask, target_batch, target: str, empty_target=None,
+                 empty_weight: float = 0.0, width: int | None = None):
+    """The forward half of a step: ``(loss, loss_en, loss_ko)``, with the graph, for a batch ``[en; ko; ""]``.
+
+    ``width`` (from ``step_width``) drops trailing padding columns.
+    """
+    b = len(target_batch)
+    if width is not None:
+        ids, mask = ids[:, :width], mask[:, :width]
+    with accelerator.autocast():
+        out = encode(student, ids, mask)
+        s = out.pooler_output if target == "pooled" else out[0]
+        loss, loss_en, loss_ko = distill_loss(s, target_batch, b)
+        if empty_weight > 0 and len(s) > 2 * b:
+            loss = loss + empty_weight * F.mse_loss(s[2 * b:].float(), empty_target.float())
+    return loss, loss_en, loss_ko
+
+
+def update(student, optimizer, scheduler, accelerator, grad_clip: float | None = 1.0) -> None:
+    """The last part of a step: clip the gradients, step optimizer and schedule, free the gradients."""
+    if grad_clip:
+        accelerator.clip_grad_norm_(student.parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def distill_step(student, optimizer, scheduler, accelerator, ids, mask, target_batch, target: str,
@@ -127,22 +158,10 @@ def distill_step(student, optimizer, scheduler, accelerator, ids, mask, target_b
     detached ``(loss, loss_en, loss_ko)`` on the device, for the caller to log
     every few steps. ``width`` (from ``step_width``) drops trailing padding columns.
     """
-    b = len(target_batch)
-    if width is not None:
-        ids, mask = ids[:, :width], mask[:, :width]
-    with accelerator.autocast():
-        out = encode(student, ids, mask)
-        s = out.pooler_output if target == "pooled" else out[0]
-        loss, loss_en, loss_ko = distill_loss(s, target_batch, b)
-        if empty_weight > 0 and len(s) > 2 * b:
-            loss = loss + empty_weight * F.mse_loss(s[2 * b:].float(), empty_target.float())
-    accelerator.backward(loss)
-    if grad_clip:
-        accelerator.clip_grad_norm_(student.parameters(), grad_clip)
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    return torch.stack([loss.detach(), loss_en.detach(), loss_ko.detach()]).float()
+    losses = student_loss(student, accelerator, ids, mask, target_batch, target, empty_target, empty_weight, width)
+    accelerator.backward(losses[0])
+    update(student, optimizer, scheduler, accelerator, grad_clip)
+    return torch.stack([x.detach() for x in losses]).float()
 
 
 # --------------------------------------------------------------- evaluation
@@ -277,15 +296,17 @@ def teacher_dtype(device) -> torch.dtype:
 
 
 def make_optimizer(student, target: str, lr: float, weight_decay: float, device):
-    """AdamW for the student (fused on CUDA), no decay on biases and LayerNorm weights.
+    """AdamW for the student, no decay on biases and LayerNorm weights.
 
+    Fused (one kernel for all parameters) on CUDA and CPU: on a 2-core CPU its
+    step for the 123M-parameter CLIP student took 0.07 s instead of 0.44 s.
     For ``sequence`` targets RoBERTa's pooler is frozen: it is not in the loss,
     and data-parallel training would wait for its gradients forever.
     """
     if target == "sequence" and getattr(student, "pooler", None) is not None:
         student.pooler.requires_grad_(False)
     return torch.optim.AdamW(_param_groups(student, weight_decay), lr=lr,
-                             fused=torch.device(device).type == "cuda")
+                             fused=torch.device(device).type in ("cuda", "cpu"))
 
 
 def _mixed_precision(device: str) -> str:
@@ -404,6 +425,7 @@ def distill(cfg, experiment: str, splits, *, models: tuple | None = None, val: E
     # token counts stay on the host: step_width reads them without waiting for the GPU
     lengths_en, lengths_ko = student_en.mask.sum(1), student_ko.mask.sum(1)
     lengths_empty = empty_student.mask.sum(1)
+    lengths_teacher = teacher_train.mask.sum(1)
     cached = None
     if cache_teacher:
         seq, pooled = teacher_targets(teacher, teacher_train, device)
@@ -467,7 +489,8 @@ def distill(cfg, experiment: str, splits, *, models: tuple | None = None, val: E
         idx = shard[i * cfg.batch_size:(i + 1) * cfg.batch_size]
         tok = shard_on_device[i * cfg.batch_size:(i + 1) * cfg.batch_size]  # indexes tensors on the device
         if cached is None:
-            target_batch = teacher_batch(teacher, teacher_train.ids[tok], target)
+            target_batch = teacher_batch(teacher, teacher_train.ids[tok], target,
+                                         step_width(teacher, target, lengths_teacher[idx]))
         elif cached.device.type == device.type:
             target_batch = cached[tok]
         else:  # a cache too large for the GPU: gather on the host into pinned memory, copy asynchronously

@@ -67,12 +67,20 @@ def test_pooled_steps_skip_padding_columns_without_changing_the_loss(cfg):
     width = D.step_width(student, "pooled", lengths[:1], lengths[1:2], lengths[2:])
     assert width == int(lengths.max()) < 77
     assert D.step_width(student, "sequence", lengths) is None  # the UNet reads all 77 positions
-    _, clip_student = load_student(cfg, "clip")
-    assert D.step_width(clip_student, "pooled", lengths) is None  # no attention mask: padding matters
     with torch.no_grad():
         full = D.encode(student, tokens.ids, tokens.mask).pooler_output
         short = D.encode(student, tokens.ids[:, :width], tokens.mask[:, :width]).pooler_output
     assert torch.allclose(full, short, atol=1e-5)
+    # the CLIP teacher reads causally and pools at the end token: its pooled target can stop early too
+    teacher_tokenizer, teacher = load_teacher(cfg, device="cpu")
+    t_tokens = D.tokenize(teacher_tokenizer, ["a red apple", "two cats sleeping on a sofa in the sun", ""])
+    t_width = D.step_width(teacher, "pooled", t_tokens.mask.sum(1))
+    assert t_width == int(t_tokens.mask.sum(1).max()) < 77
+    full = D.teacher_batch(teacher, t_tokens.ids, "pooled")
+    assert torch.allclose(full, D.teacher_batch(teacher, t_tokens.ids, "pooled", t_width), atol=1e-5)
+    # a student that neither masks padding nor reads causally gets all 77 columns
+    student.config.use_attention_mask = False
+    assert D.step_width(student, "pooled", lengths) is None
 
 
 @pytest.mark.parametrize("experiment", ["clip", "roberta"])
