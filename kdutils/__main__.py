@@ -55,12 +55,24 @@ def _bench(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .bench import format_table, run_bench
+    import json
+
+    from .bench import format_phases, format_table, run_bench, step_phases
     from .profiles import output_root
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    experiments = args.experiment or ("clip", "roberta", "roberta_pooler")
+    if args.phases:
+        rows = [{"experiment": e, **step_phases(e, args.batch_size, args.steps or 3, device=device)}
+                for e in experiments]
+        output = Path(args.output) if args.output else output_root() / "bench" / f"phases_{device}.json"
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(rows, indent=2) + "\n")
+        print(format_phases(rows))
+        print(f"median ms per phase of the engine's step; JSON: {output}")
+        return 0
     output = Path(args.output) if args.output else output_root() / "bench" / f"bench_{device}.json"
-    rows = run_bench(args.experiment or ("clip", "roberta", "roberta_pooler"), device=device,
+    rows = run_bench(experiments, device=device,
                      batch_size=args.batch_size, steps=args.steps, repeats=args.repeats, output=output)
     print(format_table(rows))
     print(f"pairs/s are medians over {args.repeats} runs (warm-up steps excluded); JSON: {output}")
@@ -105,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--steps", type=int, help="measured steps per run (default: 20 on CUDA, 3 on CPU)")
     bench.add_argument("--repeats", type=int, default=3, help="runs per loop; the median is reported")
     bench.add_argument("--output", help="JSON file (default: outputs/bench/bench_<device>.json)")
+    bench.add_argument("--phases", action="store_true",
+                       help="instead: where the engine's step spends its time (teacher, forward, backward, optimizer)")
     bench.set_defaults(func=_bench)
 
     tiny = sub.add_parser("tiny", help="build the tiny offline models (if needed) and print where they are")

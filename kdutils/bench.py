@@ -52,11 +52,19 @@ def build_models(experiment: str, size: str = "full"):
 
 
 def _batch(teacher, student, batch_size: int, max_length: int = 77):
-    """Random token ids with realistic lengths (padded to 77), on the CPU."""
+    """Random token ids with realistic lengths, padded to 77 as the tokenizers pad, on the CPU.
+
+    The teacher's rows are ``<bos> words <eos>`` padded with ``<eos>`` (SD's
+    tokenizer pads with its end token); the student's are padded with id 1.
+    Returns ``(teacher_ids, en_ids, ko_ids, mask)``; all share the mask.
+    """
     g = torch.Generator().manual_seed(0)
     lengths = torch.randint(8, 40, (batch_size,), generator=g)
-    mask = (torch.arange(max_length)[None] < lengths[:, None]).long()
-    t_ids = torch.randint(0, teacher.config.vocab_size - 2, (batch_size, max_length), generator=g)
+    positions = torch.arange(max_length)[None]
+    mask = (positions < lengths[:, None]).long()
+    bos, eos = teacher.config.bos_token_id, teacher.config.eos_token_id
+    words = torch.randint(0, min(bos, eos), (batch_size, max_length), generator=g)
+    t_ids = torch.where(positions == 0, bos, torch.where(positions < lengths[:, None] - 1, words, eos))
     s_vocab = student.config.vocab_size - 5
     en = torch.randint(5, s_vocab, (batch_size, max_length), generator=g) * mask + (1 - mask)
     ko = torch.randint(5, s_vocab, (batch_size, max_length), generator=g) * mask + (1 - mask)
@@ -152,9 +160,8 @@ def reference_steps(experiment: str, batch_size: int, steps: int, warmup: int, d
     return statistics.median(times), peak
 
 
-def fast_steps(experiment: str, batch_size: int, steps: int, warmup: int, device: torch.device,
-               size: str = "full") -> tuple[float, float | None]:
-    """The engine's step (``distill_step``): returns (seconds per measured step, peak GB)."""
+def _engine(experiment: str, batch_size: int, device: torch.device, size: str) -> dict:
+    """Models, optimizer and one batch set up as the engine sets them up on ``device``."""
     from accelerate import Accelerator
     from transformers import get_cosine_schedule_with_warmup
 
@@ -164,28 +171,76 @@ def fast_steps(experiment: str, batch_size: int, steps: int, warmup: int, device
     teacher, student = build_models(experiment, size)
     teacher.requires_grad_(False).eval().to(device, teacher_dtype(device))
     student.to(device).train()
-    opt = make_optimizer(student, TARGETS[experiment], 5e-5, 1e-4, device)
+    target = TARGETS[experiment]
+    opt = make_optimizer(student, target, 5e-5, 1e-4, device)
     sched = get_cosine_schedule_with_warmup(opt, 10, 1000)
     t_ids, en, ko, mask = _batch(teacher, student, batch_size)
     student, opt = accelerator.prepare(student, opt)
     # as in the engine: pre-tokenised ids live on the device, so a step copies nothing from the host
-    target = TARGETS[experiment]
-    width = step_width(student, target, mask.sum(1))  # from host-side counts, as in the engine
-    t_ids, ids, masks = t_ids.to(device), torch.cat([en, ko]).to(device), torch.cat([mask, mask]).to(device)
+    return dict(accelerator=accelerator, teacher=teacher, student=student, optimizer=opt, scheduler=sched,
+                target=target, width=step_width(student, target, mask.sum(1)),
+                teacher_width=step_width(teacher, target, mask.sum(1)), t_ids=t_ids.to(device),
+                ids=torch.cat([en, ko]).to(device), mask=torch.cat([mask, mask]).to(device))
+
+
+def fast_steps(experiment: str, batch_size: int, steps: int, warmup: int, device: torch.device,
+               size: str = "full") -> tuple[float, float | None]:
+    """The engine's step (``distill_step``): returns (seconds per measured step, peak GB)."""
+    e = _engine(experiment, batch_size, device, size)
     _peak_start(device)
     times, running = [], torch.zeros(3, device=device)
     for i in range(warmup + steps):
         _sync(device)
         start = time.perf_counter()
-        target_batch = teacher_batch(teacher, t_ids, target)
-        running += distill_step(student, opt, sched, accelerator, ids, masks, target_batch, target, width=width)
+        target_batch = teacher_batch(e["teacher"], e["t_ids"], e["target"], e["teacher_width"])
+        running += distill_step(e["student"], e["optimizer"], e["scheduler"], e["accelerator"], e["ids"], e["mask"],
+                                target_batch, e["target"], width=e["width"])
         _sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
     running.tolist()  # the one host sync, as when logging every N steps
     peak = _peak_gb(device)
-    del teacher, student, opt
+    del e
     return statistics.median(times), peak
+
+
+PHASES = ("teacher", "student forward", "backward", "optimizer")
+
+
+def step_phases(experiment: str, batch_size: int | None = None, steps: int = 3, warmup: int = 1,
+                device: str | None = None, size: str = "full") -> dict[str, float]:
+    """Where the engine's step spends its time: median milliseconds per phase.
+
+    Runs the pieces ``distill_step`` is made of (``teacher_batch``,
+    ``student_loss``, ``accelerator.backward``, ``update``) with a device
+    synchronisation between them, so the phases add up to about one step.
+    """
+    from .distill import student_loss, update
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    batch_size = batch_size or (32 if dev.type == "cuda" else 4)
+    e = _engine(experiment, batch_size, dev, size)
+    times = {name: [] for name in PHASES}
+    for i in range(warmup + steps):
+        marks = [time.perf_counter()]
+
+        def mark():
+            _sync(dev)
+            marks.append(time.perf_counter())
+
+        target_batch = teacher_batch(e["teacher"], e["t_ids"], e["target"], e["teacher_width"])
+        mark()
+        losses = student_loss(e["student"], e["accelerator"], e["ids"], e["mask"], target_batch, e["target"],
+                              width=e["width"])
+        mark()
+        e["accelerator"].backward(losses[0])
+        mark()
+        update(e["student"], e["optimizer"], e["scheduler"], e["accelerator"])
+        mark()
+        if i >= warmup:
+            for name, a, b in zip(PHASES, marks, marks[1:]):
+                times[name].append(1000 * (b - a))
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 class LiveTensorBytes(TorchDispatchMode):
@@ -254,14 +309,15 @@ def estimate_gpu_memory(experiment: str, batch_size: int = 32, size: str = "full
     teacher.requires_grad_(False).eval().to(torch.bfloat16)
     student.train()
     target = TARGETS[experiment]
-    opt = make_optimizer(student, target, 5e-5, 1e-4, "cuda")  # fused=True, as on CUDA
+    opt = make_optimizer(student, target, 5e-5, 1e-4, "cpu")  # fused AdamW, as on CUDA
     sched = LambdaLR(opt, lambda _: 1.0)
     t_ids, en, ko, mask = _batch(teacher, student, batch_size)
     ids, masks = torch.cat([en, ko]), torch.cat([mask, mask])
     width = step_width(student, target, mask.sum(1))
+    teacher_width = step_width(teacher, target, mask.sum(1))
 
     def step():
-        target_batch = teacher_batch(teacher, t_ids, target)
+        target_batch = teacher_batch(teacher, t_ids, target, teacher_width)
         distill_step(student, opt, sched, _Bf16(), ids, masks, target_batch, target, width=width)
 
     step()  # creates the optimizer state, which then lives as long as training does
@@ -333,4 +389,14 @@ def format_table(rows: list[dict]) -> str:
     if estimates:
         lines.append("peak GB on CPU: the process's resident memory; est. GPU GB @32: live tensors of one engine "
                      "step at batch 32 with CUDA's precision (kdutils.bench.estimate_gpu_memory)")
+    return "\n".join(lines)
+
+
+def format_phases(rows: list[dict]) -> str:
+    """A plain-text table of ``step_phases`` results: milliseconds and share of the step."""
+    lines = [f"{'experiment':16} " + " ".join(f"{name:>22}" for name in PHASES) + f" {'step ms':>9}"]
+    for r in rows:
+        total = sum(r[name] for name in PHASES)
+        cells = " ".join(f"{f'{r[name]:.0f} ms ({100 * r[name] / total:.0f}%)':>22}" for name in PHASES)
+        lines.append(f"{r['experiment']:16} {cells} {total:9.0f}")
     return "\n".join(lines)

@@ -55,3 +55,16 @@ def test_gpu_memory_estimate_counts_weights_optimizer_and_gradients(experiment):
     # during the step the fp32 gradients exist next to everything in base
     assert est["peak_gb"] * gib >= est["base_gb"] * gib + 4 * trainable
     assert bench.estimate_gpu_memory(experiment, batch_size=32, size="tiny")["peak_gb"] > est["peak_gb"]
+
+
+def test_phases_cover_the_engine_step_and_the_cli_writes_them(tmp_path):
+    from kdutils.__main__ import main
+
+    phases = bench.step_phases("roberta_pooler", batch_size=4, steps=2, device="cpu", size="tiny")
+    assert list(phases) == list(bench.PHASES) and all(ms > 0 for ms in phases.values())
+    out = tmp_path / "phases.json"
+    # the CLI measures the full-size models (a warm-up and one step: seconds)
+    assert main(["bench", "--phases", "--experiment", "roberta_pooler", "--steps", "1", "--output", str(out)]) == 0
+    (row,) = json.loads(out.read_text())
+    assert row["experiment"] == "roberta_pooler" and set(bench.PHASES) <= set(row)
+    assert "optimizer" in bench.format_phases([row])
