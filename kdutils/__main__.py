@@ -51,11 +51,10 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    import json
     from pathlib import Path
 
     import torch
-
-    import json
 
     from .bench import format_phases, format_table, run_bench, step_phases
     from .profiles import output_root
