@@ -160,9 +160,16 @@ def _read_file(path: Path, encoding: str | None) -> list[dict]:
     else:
         text = _decode(path.read_bytes(), path.name, encoding)
         if suffix == ".jsonl":
-            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+            records = _json_lines(text, path.name)
         else:
-            data = json.loads(text)
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as error:
+                try:  # a .json file that holds one record per line (JSON Lines) is common
+                    data = _json_lines(text, path.name)
+                except ValueError:
+                    raise ValueError(f"{path.name} is not valid JSON (line {error.lineno}, column {error.colno}: "
+                                     f"{error.msg}) and not JSON Lines either") from None
             if isinstance(data, dict):  # e.g. {"data": [...]} as some AI Hub JSON files ship
                 lists = [v for v in data.values() if isinstance(v, list)]
                 if len(lists) != 1:
@@ -172,6 +179,22 @@ def _read_file(path: Path, encoding: str | None) -> list[dict]:
     records = [_flatten(r) for r in records]
     if not records:
         raise ValueError(f"{path.name} has a header but no rows")
+    return records
+
+
+def _json_lines(text: str, name: str) -> list[dict]:
+    """One JSON object per non-empty line; a bad line is named in the error."""
+    records = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{name} line {number} is not valid JSON ({error.msg})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{name} line {number} is not a JSON object with ko/en fields")
+        records.append(record)
     return records
 
 

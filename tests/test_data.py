@@ -124,6 +124,21 @@ def test_jsonl_with_nested_translation(tmp_path):
     assert pairs_of(ds) == PAIRS
 
 
+def test_json_lines_saved_as_json_load_and_broken_json_is_named(tmp_path):
+    lines = write_jsonl(tmp_path / "lines.jsonl", records())
+    as_json = tmp_path / "lines.json"
+    as_json.write_bytes(lines.read_bytes())
+    assert pairs_of(data.load_pairs(as_json)) == PAIRS
+    broken = tmp_path / "broken.json"
+    broken.write_text('[{"ko": "사과", "en": "an apple"},\n {"ko": "배" "en": "a pear"}]', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"broken.json is not valid JSON \(line 2"):
+        data.load_pairs(broken)
+    bad_line = tmp_path / "bad.jsonl"
+    bad_line.write_text('{"ko": "사과", "en": "an apple"}\n{"ko": "배", "en": \n', encoding="utf-8")
+    with pytest.raises(ValueError, match="bad.jsonl line 2 is not valid JSON"):
+        data.load_pairs(bad_line)
+
+
 def test_parquet(tmp_path):
     pd.DataFrame(records()).to_parquet(tmp_path / "pairs.parquet")
     assert pairs_of(data.load_pairs(tmp_path / "pairs.parquet")) == PAIRS
