@@ -170,3 +170,21 @@ def test_comparison_table_uses_one_unit_and_says_which_split(tmp_path):
     study = table.loc[("roberta", "study (its logged valid loss)")]
     assert study["val_loss"] == pytest.approx(96.31) and study["mse_ko"] == pytest.approx(49.88)  # x100, like ours
     assert D.ensure_trained(cfg, "roberta") == folder / "best"  # where outputs/ is now, not where it was
+
+
+def test_trimmed_teacher_pools_at_the_same_token_with_sd14s_legacy_eos_id():
+    """SD v1.4's text-encoder config says eos_token_id=2, so CLIP pools at the argmax id (the end token)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from kdutils import bench
+
+    torch.manual_seed(0)
+    teacher = CLIPTextModel(CLIPTextConfig(**{**bench.TINY_TEXT, "eos_token_id": 2, "bos_token_id": 0})).eval()
+    ids = torch.full((2, 77), 999)  # padded with the end token, id 999 = the largest id, as in SD's tokenizer
+    ids[:, 0] = 998
+    ids[0, 1:5], ids[1, 1:12] = torch.arange(10, 14), torch.arange(20, 31)
+    lengths = torch.tensor([6, 13])  # <bos> words <eos>
+    width = D.step_width(teacher, "pooled", lengths)
+    assert width == 13
+    full = D.teacher_batch(teacher, ids, "pooled")
+    assert torch.allclose(full, D.teacher_batch(teacher, ids, "pooled", width), atol=1e-5)
