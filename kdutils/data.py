@@ -437,9 +437,8 @@ def prepare_splits(cfg, *, rebuild: bool = False):
     and the student's tokenizers, ``split_pairs(seed=cfg.seed)``.
     """
     from datasets import load_from_disk
-    from transformers import AutoTokenizer, CLIPTokenizer
 
-    from .tiny import resolve
+    from .models import load_tokenizers
 
     folder = splits_dir(cfg)
     info_file = folder / "info.json"
@@ -447,8 +446,7 @@ def prepare_splits(cfg, *, rebuild: bool = False):
         info = json.loads(info_file.read_text(encoding="utf-8"))
         if all(info.get(k) == v for k, v in _build_settings(cfg).items()):
             return load_from_disk(str(folder))
-    teacher_tokenizer = CLIPTokenizer.from_pretrained(resolve(cfg.sd_id), subfolder="tokenizer")
-    student_tokenizer = AutoTokenizer.from_pretrained(resolve(cfg.student_id))
+    teacher_tokenizer, student_tokenizer = load_tokenizers(cfg)
     pairs = load_pairs(cfg.data_source, config=cfg.data_config, limit=cfg.num_pairs, seed=cfg.seed)
     pairs, report = clean_pairs(pairs, teacher_tokenizer=teacher_tokenizer, student_tokenizer=student_tokenizer,
                                 max_length=cfg.max_length)

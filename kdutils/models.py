@@ -12,6 +12,17 @@ def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def load_tokenizers(cfg):
+    """``(teacher_tokenizer, student_tokenizer)``: SD's CLIP tokenizer and the Korean student's, as shipped.
+
+    For measuring and cleaning text (no model is loaded, nothing is truncated).
+    """
+    from transformers import AutoTokenizer, CLIPTokenizer
+
+    return (CLIPTokenizer.from_pretrained(resolve(cfg.sd_id), subfolder="tokenizer"),
+            AutoTokenizer.from_pretrained(resolve(cfg.student_id)))
+
+
 def load_teacher(cfg, device: str | None = None, dtype=None):
     """The frozen teacher: SD's own ``tokenizer`` and ``text_encoder`` (CLIP), in eval mode.
 
