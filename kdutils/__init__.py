@@ -42,15 +42,12 @@ def setup(profile: str | None = None, *, quiet: bool = False, **overrides) -> Pr
     ``profile`` defaults to ``KDSD_PROFILE`` (else ``class`` with CUDA, ``tiny``
     without); keyword overrides win over ``KDSD_<NAME>`` environment variables.
     """
-    import warnings
-
     from .plots import use_korean_font
 
     cfg = get_profile(profile, **overrides)
     seed_everything(cfg.seed)
     cfg.out()
-    if use_korean_font() is None:  # Hangul shows as boxes, but nothing breaks
-        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+    use_korean_font()  # warns if no font has Hangul; matplotlib's missing-glyph warnings stay visible
     if not quiet:
         print(cfg.summary())
     return cfg

@@ -44,21 +44,32 @@ def image_grid(images: Sequence, titles: Sequence[str] | None = None, ncols: int
 
 
 def use_korean_font() -> str | None:
-    """Pick an installed font with Hangul for matplotlib, if any; return its name.
+    """Make matplotlib draw Hangul; return the font's name, or None (with a warning) if there is none.
 
-    Without one, Korean titles show as boxes; Colab users can install
-    ``fonts-nanum`` (apt) and rerun this.
+    Uses NanumGothic from the ``koreanize-matplotlib`` package, else an installed
+    font with Hangul. The package's fonts are registered here rather than by
+    importing it: its import needs ``distutils``, gone from Python 3.12 on.
     """
+    import importlib.util
+    import warnings
+
     import matplotlib
     from matplotlib import font_manager
 
+    spec = importlib.util.find_spec("koreanize_matplotlib")
+    if spec is not None and not any(f.name == "NanumGothic" for f in font_manager.fontManager.ttflist):
+        for ttf in sorted(Path(spec.submodule_search_locations[0], "fonts").glob("*.ttf")):
+            font_manager.fontManager.addfont(str(ttf))
     wanted = ("NanumGothic", "Noto Sans CJK KR", "Noto Sans KR", "Malgun Gothic", "AppleGothic", "UnDotum")
     available = {f.name for f in font_manager.fontManager.ttflist}
     for name in wanted:
         if name in available:
             matplotlib.rcParams["font.family"] = name
-            matplotlib.rcParams["axes.unicode_minus"] = False
+            matplotlib.rcParams["axes.unicode_minus"] = False  # NanumGothic has no minus sign U+2212
             return name
+    warnings.warn("No font with Hangul found, so Korean text in figures shows as boxes. Install one with "
+                  "`pip install koreanize-matplotlib` (it is in requirements.txt) and rerun kd.setup().",
+                  stacklevel=2)
     return None
 
 
