@@ -1,7 +1,7 @@
 """Korean-English sentence pairs: the bundled corpus, loaders, cleaning and splits.
 
-``load_pairs`` turns the bundled corpus, local files (CSV/TSV in UTF-8 or
-CP949, AI Hub ``.xlsx``, JSON/JSONL, Parquet) or a hub dataset into a
+``load_pairs`` turns the bundled corpus, local files (delimited text in UTF-8,
+UTF-16 or CP949, Excel ``.xlsx``, JSON/JSONL, Parquet) or a hub dataset into a
 ``datasets.Dataset`` with the columns ``ko`` and ``en``. ``clean_pairs``
 normalises and filters them with a count per reason, and ``prepare_splits``
 saves a deterministic train/val/test split that every distillation notebook
@@ -10,7 +10,10 @@ reuses.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
+import itertools
 import json
 import re
 import unicodedata
@@ -23,7 +26,8 @@ from typing import Any, Iterable
 ASSETS = Path(__file__).resolve().parent / "assets"
 BUNDLED_PAIRS = ASSETS / "pairs.jsonl"
 EVAL_PROMPTS = ASSETS / "eval_prompts.jsonl"
-FILE_TYPES = (".csv", ".tsv", ".xlsx", ".json", ".jsonl", ".parquet")
+TEXT_TYPES = (".csv", ".tsv", ".tab")  # delimiter and encoding are detected from the content
+FILE_TYPES = TEXT_TYPES + (".xlsx", ".json", ".jsonl", ".parquet")
 SPLITS = ("train", "val", "test")
 
 # (Korean column, English column), compared case-insensitively
@@ -61,13 +65,20 @@ def hangul_share(texts: Iterable[str | None]) -> float:
 # ------------------------------------------------------------------ loading
 def load_pairs(source: str | Path, *, ko_col: str | None = None, en_col: str | None = None,
                config: str | None = None, split: str | None = None, limit: int | None = None,
-               encoding: str | None = None, seed: int = 0):
+               encoding: str | None = None, sheet: str | int | None = None, seed: int = 0):
     """Load Korean-English pairs as a ``datasets.Dataset`` with columns ``ko``, ``en``, ``source``.
 
     ``source`` is ``"bundled"``, a file or folder of files, or a hub dataset id
     (``config``/``split`` as in ``load_dataset``; with ``limit`` the set is
     streamed, shuffled in a buffer and cut, never loaded whole). Columns are
     detected from known names and the Korean side is checked by its Hangul share.
+
+    Text files (``.csv``, ``.tsv``, ``.tab``) may be UTF-8 (with or without BOM),
+    UTF-16 (Excel's "Unicode Text") or CP949/EUC-KR; ``encoding`` overrides the
+    detection. The delimiter (tab, comma, semicolon or ``|``) is detected from
+    the content, whatever the extension. In an ``.xlsx`` workbook the first sheet
+    with Korean/English columns is used; ``sheet`` (a name or a 0-based index)
+    picks one.
     """
     from datasets import Dataset
 
@@ -82,13 +93,13 @@ def load_pairs(source: str | Path, *, ko_col: str | None = None, en_col: str | N
         files = _data_files(path)
         frames = []
         for file in files:
-            records = _read_file(file, encoding)
+            records = _read_file(file, encoding, sheet=sheet, ko_col=ko_col, en_col=en_col)
             ko, en = _pick_columns(records, ko_col, en_col, where=str(file))
             frames += [{"ko": _text(r.get(ko)), "en": _text(r.get(en)), "source": file.name} for r in records]
         rows = frames[:limit] if limit is not None else frames
     elif _looks_like_path(str(source)):
-        raise FileNotFoundError(f"no such file or folder: {source} (pass a path to .csv/.tsv/.xlsx/.json/"
-                                f".jsonl/.parquet data, a folder of them, 'bundled', or a hub dataset id)")
+        raise FileNotFoundError(f"no such file or folder: {source} (pass a path to {'/'.join(FILE_TYPES)} "
+                                f"data, a folder of them, 'bundled', or a hub dataset id)")
     else:
         records = _from_hub(str(source), config, split or "train", limit, seed)
         ko, en = _pick_columns(records, ko_col, en_col, where=f"hub dataset {source}")
@@ -102,10 +113,20 @@ def _looks_like_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or source.lower().endswith(FILE_TYPES) or "\\" in source
 
 
+# what to do with files that spreadsheet programs save but load_pairs does not read
+_RESAVE = {
+    ".txt": "rename it to .tsv or .csv (the delimiter and encoding are detected from the content)",
+    ".xls": "open it in Excel and save it as an Excel Workbook (.xlsx)",
+    ".ods": "save it as an Excel Workbook (.xlsx) or as CSV",
+    ".numbers": "export it from Numbers as Excel (.xlsx) or CSV",
+}
+
+
 def _data_files(path: Path) -> list[Path]:
     if path.is_file():
         if path.suffix.lower() not in FILE_TYPES:
-            raise ValueError(f"{path.name}: unsupported file type {path.suffix!r}; use one of {FILE_TYPES}")
+            what_to_do = _RESAVE.get(path.suffix.lower(), f"use one of {', '.join(FILE_TYPES)}")
+            raise ValueError(f"{path.name}: unsupported file type {path.suffix!r}; {what_to_do}")
         return [path]
     # skip hidden files and folders (.ipynb_checkpoints holds copies) and Excel lock files
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in FILE_TYPES
@@ -125,36 +146,126 @@ def _text(value: Any) -> str | None:
 
 
 def _decode(raw: bytes, name: str, encoding: str | None) -> str:
-    """UTF-8 (with or without BOM), else CP949/EUC-KR as Korean Excel saves CSV."""
+    """Text in ``encoding``, else in the encoding its BOM names, else UTF-16, UTF-8 or CP949.
+
+    Excel saves "CSV UTF-8" with a UTF-8 BOM, "Unicode Text" as UTF-16LE with a
+    BOM and plain "CSV" on Korean Windows as CP949 (a superset of EUC-KR).
+    """
     if not raw.strip():
         raise ValueError(f"{name} is empty")
-    tried = [encoding] if encoding else ["utf-8-sig", "cp949"]
+    if raw.startswith(b"PK\x03\x04"):  # a zip file: most likely a workbook saved under the wrong name
+        raise ValueError(f"{name} is not text but a zip file, most likely an Excel workbook: rename it to .xlsx")
+    if encoding:
+        tried = [encoding]
+    elif raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        tried = ["utf-16"]  # the BOM gives the byte order
+    elif raw.startswith(b"\xef\xbb\xbf"):
+        tried = ["utf-8-sig"]
+    elif b"\x00" in raw:  # UTF-16 without a BOM: every ASCII character has a zero byte
+        tried = ["utf-16-le" if raw[1::2].count(0) > raw[::2].count(0) else "utf-16-be"]
+    else:
+        tried = ["utf-8", "cp949"]
     for enc in tried:
         try:
-            text = raw.decode(enc)
+            text = raw.decode(enc).removeprefix("\ufeff")
         except (UnicodeDecodeError, LookupError):
             continue
-        if not text.lstrip("\ufeff").strip():  # e.g. only the BOM that Excel writes
+        if not encoding and _garbled(text):
+            continue
+        if not text.strip():  # e.g. only the BOM that Excel writes
             raise ValueError(f"{name} is empty")
         return text
-    raise ValueError(f"cannot decode {name} as {' or '.join(tried)}; re-save it as UTF-8 or pass encoding=...")
+    raise ValueError(f"cannot read {name} as text in {' or '.join(tried)}; save it again as 'CSV UTF-8' "
+                     f"(Excel: File > Save As) or pass the right encoding=..., e.g. encoding='cp949'")
 
 
-def _read_file(path: Path, encoding: str | None) -> list[dict]:
-    import io
+def _garbled(text: str) -> bool:
+    """Over 1% control, unassigned or private-use characters (or stray BOMs): the wrong encoding."""
+    sample = text[:10_000]
+    odd = sum(ch == "\ufeff" or (ch not in "\t\r\n" and unicodedata.category(ch) in ("Cc", "Cn", "Co", "Cs"))
+              for ch in sample)
+    return odd > len(sample) / 100
 
+
+def _sniff_delimiter(text: str, name: str) -> str:
+    """Tab, comma, semicolon or ``|``: the one that splits the header into two or more
+    columns and gives the most of the first 100 rows as many fields (quotes respected)."""
+    best, best_share = None, 0.0
+    for delimiter in "\t,;|":  # on a tie the earlier one wins
+        try:
+            reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+            rows = [row for row in itertools.islice(reader, 100) if row]
+        except csv.Error:  # e.g. a quote that never closes under the wrong delimiter
+            continue
+        width = len(rows[0])
+        share = sum(len(row) == width for row in rows) / len(rows)
+        if width >= 2 and share > best_share:
+            best, best_share = delimiter, share
+    if best is None:
+        first_line = text.strip().splitlines()[0][:80]
+        raise ValueError(f"{name}: cannot find two columns (tried tab, comma, semicolon and |; first line: "
+                         f"{first_line!r}); save it with the Korean and the English text in two columns of "
+                         f"a spreadsheet, as CSV or Excel Workbook (.xlsx)")
+    return best
+
+
+def _delimited(text: str, name: str) -> list[dict]:
+    """Rows of delimited text as dicts keyed by the header row; empty cells become None."""
+    delimiter = _sniff_delimiter(text, name)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    header = next(row for row in reader if row)
+    records = []
+    try:
+        for row in reader:
+            if len(row) > len(header) and any(row[len(header):]):  # empty trailing cells are harmless
+                raise ValueError(f"{name} line {reader.line_num} has {len(row)} cells but the header has "
+                                 f"{len(header)}; put cells that contain {delimiter!r} in double quotes, as "
+                                 f"spreadsheet programs do when they save CSV")
+            if row:
+                records.append({column: cell or None for column, cell in zip(header, row)})
+    except csv.Error as error:  # e.g. a double quote that is never closed swallows the rest of the file
+        raise ValueError(f"{name} line {reader.line_num}: {error}; check that every quoted cell "
+                         f"ends with a double quote") from None
+    return records
+
+
+def _pick_sheet(sheets: dict, sheet: str | int | None, ko_col: str | None, en_col: str | None,
+                name: str) -> list[dict]:
+    """Records of ``sheet``, else of the only sheet, else of the first sheet with Korean/English columns."""
+    names = list(sheets)
+    listed = ", ".join(map(repr, names))
+    if sheet is not None:
+        key = names[sheet] if isinstance(sheet, int) and 0 <= sheet < len(names) else sheet
+        if key not in sheets:
+            raise ValueError(f"{name} has no sheet {sheet!r} (sheets: {listed}); pass one of them as sheet=")
+        return sheets[key]
+    if len(names) == 1:
+        return sheets[names[0]]
+    for records in sheets.values():  # e.g. a cover or notes sheet comes first
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # load_pairs warns again about the sheet it uses
+                _pick_columns(records, ko_col, en_col, where=name)
+        except ValueError:
+            continue
+        return records
+    raise ValueError(f"{name}: no sheet has Korean/English columns (sheets: {listed}); pass the sheet with the "
+                     f"pairs as sheet='...' (and ko_col=/en_col= if its column names are not recognised)")
+
+
+def _read_file(path: Path, encoding: str | None, *, sheet: str | int | None = None, ko_col: str | None = None,
+               en_col: str | None = None) -> list[dict]:
     import pandas as pd
 
     suffix = path.suffix.lower()
-    if suffix in (".csv", ".tsv"):
-        text = _decode(path.read_bytes(), path.name, encoding)
-        frame = pd.read_csv(io.StringIO(text), sep="\t" if suffix == ".tsv" else ",", dtype=str,
-                            keep_default_na=False, na_values=[""])
-        records = frame.to_dict("records")
+    if suffix in TEXT_TYPES:
+        records = _delimited(_decode(path.read_bytes(), path.name, encoding), path.name)
     elif suffix == ".xlsx":
         if path.stat().st_size == 0:
             raise ValueError(f"{path.name} is empty")
-        records = pd.read_excel(path, dtype=str).to_dict("records")
+        sheets = {name: frame.to_dict("records") for name, frame in
+                  pd.read_excel(path, sheet_name=None, dtype=str).items()}
+        records = _pick_sheet(sheets, sheet, ko_col, en_col, path.name)
     elif suffix == ".parquet":
         records = pd.read_parquet(path).to_dict("records")
     else:

@@ -4,6 +4,9 @@ Every fixture file is written into ``tmp_path`` by the helpers below; the
 tokenizers are the tiny offline ones from ``kdutils.tiny``.
 """
 
+import codecs
+import csv
+import io
 import json
 import unicodedata
 
@@ -496,3 +499,120 @@ def test_hub_failure_says_what_to_do(monkeypatch, no_network):
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(ValueError, match="could not load hub dataset 'someone/en-ko-pairs'.*bundled"):
         data.load_pairs("someone/en-ko-pairs", limit=5)
+
+
+# ------------------------------------ files as spreadsheet and office programs save them
+# Cells with a delimiter, quotes or a line break inside, quoted as those programs quote them.
+TRICKY = [("쉼표, 세미콜론; 파이프| 탭\t 모두", 'a "quoted" cell, with; every | delimiter'),
+          ("줄바꿈이\n있는 셀", "a cell with\na line break")] + PAIRS
+
+
+def write_export(path, sep, encoding, newline="\r\n", bom=b"", rows=TRICKY, quoting=csv.QUOTE_MINIMAL):
+    buffer = io.StringIO()
+    csv.writer(buffer, delimiter=sep, lineterminator=newline, quoting=quoting).writerows([("ko", "en"), *rows])
+    path.write_bytes(bom + buffer.getvalue().encode(encoding))
+    return path
+
+
+@pytest.mark.parametrize("name, sep, encoding, newline, bom, quoting", [
+    # Excel "Unicode Text" (saved as .txt: see test_excel_unicode_text_saved_as_txt)
+    ("unicode.tsv", "\t", "utf-16-le", "\r\n", codecs.BOM_UTF16_LE, csv.QUOTE_MINIMAL),
+    ("excel.csv", ",", "cp949", "\r\n", b"", csv.QUOTE_MINIMAL),  # Excel "CSV" on Korean Windows
+    ("excel.csv", ",", "euc-kr", "\r\n", b"", csv.QUOTE_MINIMAL),  # older Korean tools
+    ("excel.csv", ",", "utf-8", "\r\n", codecs.BOM_UTF8, csv.QUOTE_MINIMAL),  # Excel "CSV UTF-8"
+    ("europe.csv", ";", "utf-8", "\r\n", codecs.BOM_UTF8, csv.QUOTE_MINIMAL),  # Excel in a decimal-comma locale
+    ("numbers.csv", ",", "utf-8", "\n", b"", csv.QUOTE_MINIMAL),  # Numbers (macOS): UTF-8 without BOM
+    ("numbers.csv", ";", "utf-8", "\n", b"", csv.QUOTE_MINIMAL),  # Numbers in a decimal-comma locale
+    ("calc.csv", ",", "utf-8", "\n", b"", csv.QUOTE_ALL),  # LibreOffice Calc, "quote all text cells"
+    ("calc.tab", "\t", "utf-8", "\n", b"", csv.QUOTE_MINIMAL),  # LibreOffice Calc, tab-separated
+    ("pipes.csv", "|", "utf-8", "\n", b"", csv.QUOTE_MINIMAL),  # a |-separated dump, named .csv
+    ("big-endian.tsv", "\t", "utf-16-be", "\r\n", codecs.BOM_UTF16_BE, csv.QUOTE_MINIMAL),
+    ("no-bom.tsv", "\t", "utf-16-le", "\r\n", b"", csv.QUOTE_MINIMAL),  # UTF-16 without a BOM
+], ids=["excel-unicode-text", "excel-csv-cp949", "euc-kr", "excel-csv-utf8", "excel-semicolon",
+        "numbers", "numbers-semicolon", "libreoffice-quote-all", "libreoffice-tab", "pipe", "utf16-be",
+        "utf16-le-no-bom"])
+def test_exports_of_spreadsheet_programs_load(tmp_path, name, sep, encoding, newline, bom, quoting):
+    path = write_export(tmp_path / name, sep, encoding, newline, bom, quoting=quoting)
+    assert pairs_of(data.load_pairs(path)) == TRICKY
+
+
+def test_the_delimiter_comes_from_the_content_not_the_extension(tmp_path):
+    assert pairs_of(data.load_pairs(write_export(tmp_path / "tabs.csv", "\t", "utf-8"))) == TRICKY
+    assert pairs_of(data.load_pairs(write_export(tmp_path / "commas.tsv", ",", "utf-8"))) == TRICKY
+
+
+def test_excel_unicode_text_saved_as_txt_says_to_rename_it(tmp_path):
+    path = write_export(tmp_path / "pairs.txt", "\t", "utf-16-le", bom=codecs.BOM_UTF16_LE)
+    with pytest.raises(ValueError, match=r"rename it to \.tsv or \.csv"):
+        data.load_pairs(path)
+    assert pairs_of(data.load_pairs(path.rename(tmp_path / "pairs.tsv"))) == TRICKY
+
+
+def test_explicit_encoding_wins(tmp_path):
+    path = write_export(tmp_path / "pairs.csv", ",", "cp949")
+    assert pairs_of(data.load_pairs(path, encoding="cp949")) == TRICKY
+
+
+def write_workbook(path, sheets):
+    """An .xlsx with openpyxl: ``sheets`` maps each sheet's title to its rows."""
+    from openpyxl import Workbook
+
+    book = Workbook()
+    book.remove(book.active)
+    for title, rows in sheets.items():
+        sheet = book.create_sheet(title)
+        for row in rows:
+            sheet.append(list(row))
+    book.save(path)
+    return path
+
+
+COVER = [("한국어-영어 문장 쌍 (수업용)",), ("만든 사람: 홍길동",), (), ("설명", "문장은 두 번째 시트에 있습니다")]
+
+
+def test_xlsx_pairs_on_the_second_sheet_after_a_cover_sheet(tmp_path):
+    rows = [("번호", "한국어", "영어")] + [(i, ko, en) for i, (ko, en) in enumerate(PAIRS, 1)]
+    path = write_workbook(tmp_path / "book.xlsx", {"표지": COVER, "문장 쌍": rows})
+    assert pairs_of(data.load_pairs(path)) == PAIRS
+    assert pairs_of(data.load_pairs(path, sheet="문장 쌍")) == PAIRS
+    assert pairs_of(data.load_pairs(path, sheet=1)) == PAIRS
+
+
+def test_xlsx_without_a_recognisable_sheet_names_the_sheets(tmp_path):
+    rows = [("문장", "번역")] + PAIRS
+    path = write_workbook(tmp_path / "book.xlsx", {"Cover": COVER, "Data": rows})
+    with pytest.raises(ValueError, match=r"no sheet has Korean/English columns \(sheets: 'Cover', 'Data'\); "
+                                         r"pass the sheet with the pairs as sheet="):
+        data.load_pairs(path)
+    with pytest.raises(ValueError, match=r"has no sheet 'Pairs' \(sheets: 'Cover', 'Data'\)"):
+        data.load_pairs(path, sheet="Pairs", ko_col="문장", en_col="번역")
+    assert pairs_of(data.load_pairs(path, sheet="Data", ko_col="문장", en_col="번역")) == PAIRS
+
+
+def test_a_workbook_renamed_to_csv_says_to_rename_it_back(tmp_path):
+    path = write_workbook(tmp_path / "book.xlsx", {"Sheet1": [("ko", "en"), *PAIRS]})
+    with pytest.raises(ValueError, match=r"book.csv is not text but a zip file.*rename it to \.xlsx"):
+        data.load_pairs(path.rename(tmp_path / "book.csv"))
+
+
+def test_text_in_an_unknown_encoding_says_how_to_save_it(tmp_path):
+    path = tmp_path / "western.csv"
+    path.write_bytes("ko,en\r\ncafé,coffee\r\n".encode("cp1252"))  # Excel "CSV" on a Western Windows
+    with pytest.raises(ValueError, match=r"cannot read western.csv as text in utf-8 or cp949; "
+                                         r"save it again as 'CSV UTF-8'.*encoding="):
+        data.load_pairs(path)
+
+
+def test_one_column_text_says_to_use_two_columns(tmp_path):
+    path = tmp_path / "sentences.csv"
+    path.write_text("고양이가 창가에서 잔다 - A cat sleeps by the window\n빨간 우산 - A red umbrella\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"sentences.csv: cannot find two columns.*two columns"):
+        data.load_pairs(path)
+
+
+def test_unquoted_delimiter_in_a_cell_says_to_quote_it(tmp_path):
+    path = tmp_path / "hand-written.csv"
+    path.write_text("ko,en\n고양이가 잔다,A cat, asleep\n빨간 우산,A red umbrella\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"hand-written.csv line 2 has 3 cells but the header has 2; "
+                                         r"put cells that contain ',' in double quotes"):
+        data.load_pairs(path)
