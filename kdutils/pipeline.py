@@ -10,7 +10,9 @@ between encoders come from the text alone.
 from __future__ import annotations
 
 import json
+import logging
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -25,6 +27,32 @@ SCHEDULERS = {
     "DPM++ 2M": ("DPMSolverMultistepScheduler", {}),
     "DPM++ 2M Karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
 }
+
+
+def _is_encoder_swap_notice(record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return message.startswith("Expected types for text_encoder:") and "CLIPTextModel" in message
+
+
+@contextmanager
+def quiet_encoder_swap():
+    """Hide diffusers' one known notice about a text encoder that is not CLIP, and nothing else.
+
+    Loading SD with a student logs "Expected types for text_encoder:
+    CLIPTextModel, got RobertaModel". The course swaps the encoder on purpose
+    (notebook 06 explains the notice), so its own loads run inside this;
+    every other message still shows.
+    """
+    logger = logging.getLogger("diffusers.pipelines.pipeline_utils")
+
+    def keep(record):
+        return not _is_encoder_swap_notice(record)
+
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 def _dtype(device: str) -> torch.dtype:
@@ -52,7 +80,8 @@ def load_sd_pipeline(cfg, *, safety_checker: bool = True, text_encoder=None, tok
         kwargs.update(text_encoder=text_encoder.to(_dtype(device)), tokenizer=tokenizer)
     if not safety_checker:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
-    pipe = StableDiffusionPipeline.from_pretrained(resolve(cfg.sd_id), **kwargs).to(device)
+    with quiet_encoder_swap():
+        pipe = StableDiffusionPipeline.from_pretrained(resolve(cfg.sd_id), **kwargs).to(device)
     _fit_memory(pipe, device)
     return pipe
 

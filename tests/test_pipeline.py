@@ -150,3 +150,25 @@ def test_every_scheduler_samples(cfg, pipe, name):
     P.set_scheduler(pipe, name)
     image = P.generate(pipe, ["빨간 사과"], P.fixed_latents(pipe, cfg, 1), num_inference_steps=2)[0]
     assert image.size == (cfg.image_size, cfg.image_size)
+
+
+def test_the_course_loads_its_korean_pipelines_without_the_known_encoder_notice(cfg, student_dir, tmp_path, caplog):
+    from diffusers import StableDiffusionPipeline
+
+    folder = P.export_pipeline(cfg, student_dir, tmp_path / "exported")
+    logger = logging.getLogger("diffusers")
+    logger.propagate = True
+    try:
+        with caplog.at_level(logging.WARNING, logger="diffusers"):
+            StableDiffusionPipeline.from_pretrained(str(folder))  # plain diffusers: the notice shows
+            seen_plain = caplog.text.count("Expected types for text_encoder")
+            caplog.clear()
+            P.korean_pipeline(cfg, student_dir)
+            with P.quiet_encoder_swap():
+                StableDiffusionPipeline.from_pretrained(str(folder))
+                logging.getLogger("diffusers.pipelines.pipeline_utils").warning("another warning")
+    finally:
+        logger.propagate = False
+    assert seen_plain == 1
+    assert "Expected types for text_encoder" not in caplog.text
+    assert "another warning" in caplog.text, "only the one known notice is hidden"
