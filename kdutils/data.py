@@ -26,7 +26,7 @@ from typing import Any, Iterable
 ASSETS = Path(__file__).resolve().parent / "assets"
 BUNDLED_PAIRS = ASSETS / "pairs.jsonl"
 EVAL_PROMPTS = ASSETS / "eval_prompts.jsonl"
-TEXT_TYPES = (".csv", ".tsv", ".tab")  # delimiter and encoding are detected from the content
+TEXT_TYPES = (".csv", ".tsv", ".tab", ".txt")  # delimiter and encoding are detected from the content
 FILE_TYPES = TEXT_TYPES + (".xlsx", ".json", ".jsonl", ".parquet")
 SPLITS = ("train", "val", "test")
 
@@ -115,7 +115,6 @@ def _looks_like_path(source: str) -> bool:
 
 # what to do with files that spreadsheet programs save but load_pairs does not read
 _RESAVE = {
-    ".txt": "rename it to .tsv or .csv (the delimiter and encoding are detected from the content)",
     ".xls": "open it in Excel and save it as an Excel Workbook (.xlsx)",
     ".ods": "save it as an Excel Workbook (.xlsx) or as CSV",
     ".numbers": "export it from Numbers as Excel (.xlsx) or CSV",
@@ -375,6 +374,8 @@ class CleaningReport:
     rows_out: int = 0
     fixed: dict[str, int] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)
+    # training pairs each experiment leaves out (see left_out_by_experiment); filled after splitting
+    left_out: dict[str, int] = field(default_factory=dict)
 
     def to_frame(self):
         """A table with one row per reason, for notebooks."""
@@ -382,6 +383,8 @@ class CleaningReport:
 
         rows = [("fixed", k, v) for k, v in self.fixed.items()] + [("dropped", k, v) for k, v in self.dropped.items()]
         rows += [("kept", "rows kept", self.rows_out)]
+        rows += [("left out of training", f"experiment {k}: a side its tokenizer would cut", v)
+                 for k, v in self.left_out.items()]
         return pd.DataFrame(rows, columns=["action", "reason", "rows"])
 
     def __str__(self) -> str:
@@ -401,6 +404,31 @@ def token_lengths(tokenizer, texts: list[str]) -> list[int]:
         return []
     return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=True, truncation=False,
                                           verbose=False)["input_ids"]]
+
+
+def overlong(tokenizer, ds, max_length: int = 77) -> list[bool]:
+    """Per pair: is the Korean or the English side longer than ``max_length`` tokens of ``tokenizer``?
+
+    Such a side would be cut at ``max_length`` when that tokenizer reads it.
+    """
+    return [ko > max_length or en > max_length
+            for ko, en in zip(token_lengths(tokenizer, list(ds["ko"])), token_lengths(tokenizer, list(ds["en"])))]
+
+
+def left_out_by_experiment(train, teacher_tokenizer, student_tokenizer, max_length: int = 77) -> dict[str, int]:
+    """How many training pairs each experiment leaves out because its student's tokenizer would cut a side.
+
+    Cleaning filters by the teacher's tokenizer (English) and the Korean
+    student's (both sides), so experiments 2 and 3 lose nothing more. The
+    CLIP student of experiment 1 reads Korean with CLIP's byte-level BPE,
+    about 2 tokens per Hangul syllable: ``kd.distill.distill`` leaves those
+    pairs out of its training and says how many.
+    """
+    from .models import EXPERIMENTS
+
+    counts = {"clip": sum(overlong(teacher_tokenizer, train, max_length))}
+    student = sum(overlong(student_tokenizer, train, max_length))
+    return {experiment: counts.get(experiment, student) for experiment in EXPERIMENTS}
 
 
 def clean_pairs(ds, *, teacher_tokenizer=None, student_tokenizer=None, max_length: int = 77,
@@ -510,9 +538,9 @@ def split_pairs(ds, *, seed: int = 0, val_fraction: float = 0.05, test_fraction:
 
 
 def fingerprint(splits) -> str:
-    """A short hash of the pairs in every split, stored with checkpoints."""
+    """A short hash of the pairs in every split, stored with checkpoints (a missing split is skipped)."""
     h = hashlib.sha256()
-    for name in SPLITS:
+    for name in (name for name in SPLITS if name in splits):
         for ko, en in zip(splits[name]["ko"], splits[name]["en"]):
             h.update(f"{name}\t{ko}\t{en}\n".encode())
     return h.hexdigest()[:16]
@@ -536,7 +564,8 @@ def save_splits(splits, cfg, report: CleaningReport | None = None) -> Path:
     info = {**_build_settings(cfg), "sizes": {k: len(v) for k, v in splits.items()},
             "fingerprint": fingerprint(splits),
             "cleaning": None if report is None else {"rows_in": report.rows_in, "rows_out": report.rows_out,
-                                                     "fixed": report.fixed, "dropped": report.dropped}}
+                                                     "fixed": report.fixed, "dropped": report.dropped,
+                                                     "left_out_of_training": report.left_out}}
     (folder / "info.json").write_text(json.dumps(info, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     return folder
 
@@ -545,7 +574,8 @@ def prepare_splits(cfg, *, rebuild: bool = False):
     """The cleaned train/val/test splits of the profile: loaded if saved, else built and saved.
 
     Built = ``load_pairs(cfg.data_source)``, ``clean_pairs`` under the teacher's
-    and the student's tokenizers, ``split_pairs(seed=cfg.seed)``.
+    and the student's tokenizers, ``split_pairs(seed=cfg.seed)``; ``info.json``
+    also records how many training pairs each experiment leaves out.
     """
     from datasets import load_from_disk
 
@@ -562,5 +592,6 @@ def prepare_splits(cfg, *, rebuild: bool = False):
     pairs, report = clean_pairs(pairs, teacher_tokenizer=teacher_tokenizer, student_tokenizer=student_tokenizer,
                                 max_length=cfg.max_length)
     splits = split_pairs(pairs, seed=cfg.seed)
+    report.left_out = left_out_by_experiment(splits["train"], teacher_tokenizer, student_tokenizer, cfg.max_length)
     save_splits(splits, cfg, report)
     return splits

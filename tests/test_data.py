@@ -255,9 +255,9 @@ def test_unreadable_encoding(tmp_path):
 
 
 def test_unsupported_extension(tmp_path):
-    write_csv(tmp_path / "pairs.txt")
-    with pytest.raises(ValueError, match=r"unsupported file type '\.txt'"):
-        data.load_pairs(tmp_path / "pairs.txt")
+    write_csv(tmp_path / "pairs.pdf")
+    with pytest.raises(ValueError, match=r"unsupported file type '\.pdf'; use one of .*\.csv"):
+        data.load_pairs(tmp_path / "pairs.pdf")
 
 
 def test_cleaning_everything_away_raises():
@@ -515,7 +515,7 @@ def write_export(path, sep, encoding, newline="\r\n", bom=b"", rows=TRICKY, quot
 
 
 @pytest.mark.parametrize("name, sep, encoding, newline, bom, quoting", [
-    # Excel "Unicode Text" (saved as .txt: see test_excel_unicode_text_saved_as_txt)
+    # Excel "Unicode Text" (saved as .txt: see test_excel_unicode_text_saved_as_txt_loads)
     ("unicode.tsv", "\t", "utf-16-le", "\r\n", codecs.BOM_UTF16_LE, csv.QUOTE_MINIMAL),
     ("excel.csv", ",", "cp949", "\r\n", b"", csv.QUOTE_MINIMAL),  # Excel "CSV" on Korean Windows
     ("excel.csv", ",", "euc-kr", "\r\n", b"", csv.QUOTE_MINIMAL),  # older Korean tools
@@ -541,11 +541,10 @@ def test_the_delimiter_comes_from_the_content_not_the_extension(tmp_path):
     assert pairs_of(data.load_pairs(write_export(tmp_path / "commas.tsv", ",", "utf-8"))) == TRICKY
 
 
-def test_excel_unicode_text_saved_as_txt_says_to_rename_it(tmp_path):
+def test_excel_unicode_text_saved_as_txt_loads(tmp_path):
     path = write_export(tmp_path / "pairs.txt", "\t", "utf-16-le", bom=codecs.BOM_UTF16_LE)
-    with pytest.raises(ValueError, match=r"rename it to \.tsv or \.csv"):
-        data.load_pairs(path)
-    assert pairs_of(data.load_pairs(path.rename(tmp_path / "pairs.tsv"))) == TRICKY
+    assert pairs_of(data.load_pairs(path)) == TRICKY
+    assert pairs_of(data.load_pairs(str(path))) == TRICKY  # a string path too, not taken for a hub id
 
 
 def test_explicit_encoding_wins(tmp_path):
