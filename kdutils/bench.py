@@ -21,7 +21,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
-from .distill import TARGETS, distill_step, step_width, teacher_batch
+from .distill import (TARGETS, distill_step, make_accelerator, make_optimizer, mixed_precision, step_width,
+                      teacher_batch, teacher_dtype)
 
 CLIP_L14_TEXT = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                      num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
@@ -162,12 +163,9 @@ def reference_steps(experiment: str, batch_size: int, steps: int, warmup: int, d
 
 def _engine(experiment: str, batch_size: int, device: torch.device, size: str) -> dict:
     """Models, optimizer and one batch set up as the engine sets them up on ``device``."""
-    from accelerate import Accelerator
     from transformers import get_cosine_schedule_with_warmup
 
-    from .distill import _mixed_precision, make_optimizer, teacher_dtype
-
-    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=_mixed_precision(device.type))
+    accelerator = make_accelerator(device, mixed_precision(device))
     teacher, student = build_models(experiment, size)
     teacher.requires_grad_(False).eval().to(device, teacher_dtype(device))
     student.to(device).train()
@@ -303,8 +301,6 @@ def estimate_gpu_memory(experiment: str, batch_size: int = 32, size: str = "full
     """
     from torch.optim.lr_scheduler import LambdaLR
 
-    from .distill import make_optimizer
-
     teacher, student = build_models(experiment, size)
     teacher.requires_grad_(False).eval().to(torch.bfloat16)
     student.train()
@@ -346,7 +342,10 @@ def run_bench(experiments=("clip", "roberta", "roberta_pooler"), *, device: str 
     warmup = 5 if warmup is None and on_gpu else (1 if warmup is None else warmup)
     rows = []
     for experiment in experiments:
-        row = {"experiment": experiment, "device": device_name(dev), "batch_size": batch_size, "repeats": repeats}
+        row = {"experiment": experiment, "device": device_name(dev), "batch_size": batch_size, "repeats": repeats,
+               "fast_precision": f"student autocast {mixed_precision(dev)}, teacher "
+                                 f"{str(teacher_dtype(dev)).removeprefix('torch.')}",
+               "reference_precision": "fp32"}
         runs = {"reference": [], "fast": []}
         for _ in range(repeats):  # alternate the loops, so a slow spell of the machine hits both
             for name, fn in (("reference", reference_steps), ("fast", fast_steps)):
@@ -371,7 +370,8 @@ def run_bench(experiments=("clip", "roberta", "roberta_pooler"), *, device: str 
 def format_table(rows: list[dict]) -> str:
     """A plain-text table of ``run_bench`` rows, the device on the first line."""
     devices = sorted({r["device"] for r in rows})
-    lines = [f"device: {', '.join(devices)}",
+    precisions = sorted({r.get("fast_precision", "?") for r in rows})
+    lines = [f"device: {', '.join(devices)}; reference loop fp32, fast loop {', '.join(precisions)}",
              f"{'experiment':16} {'batch':>5} {'reference pairs/s':>18} {'fast pairs/s':>13} "
              f"{'speedup':>8} {'ref peak GB':>11} {'fast peak GB':>12}"]
     estimates = any("gpu_estimate_peak_gb" in r for r in rows)

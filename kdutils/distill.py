@@ -209,14 +209,25 @@ def evaluate(student, data: EvalData, target: str, device, batch_size: int = 64,
              accelerator=None) -> dict[str, float]:
     """Held-out metrics of a student against the teacher's English targets.
 
-    MSE values are multiplied by 100. ``mse_en``/``mse_ko`` are on the
+    Runs in fp32 whatever the training precision (autocast is switched off
+    here), so numbers compare across machines and precisions. MSE values are
+    multiplied by 100. ``mse_en``/``mse_ko`` are on the
     experiment's target (its loss terms; ``val_loss`` is their sum);
     ``seq_mse_*`` and ``cos_*`` always compare the 77 x hidden sequence the
     UNet reads; ``r1_ko2en``/``r1_en2ko`` are top-1 retrieval accuracies of
     masked mean-pooled embeddings; ``empty_mse`` compares the embeddings of ``""``.
     """
+    device = torch.device(device)
     was_training = student.training
     student.eval()
+    try:
+        with torch.autocast(device.type, enabled=False):
+            return _evaluate(student, data, target, device, batch_size, accelerator)
+    finally:
+        student.train(was_training)
+
+
+def _evaluate(student, data: EvalData, target: str, device, batch_size: int, accelerator) -> dict[str, float]:
     n = len(data.en)
     rank = accelerator.process_index if accelerator else 0
     world = accelerator.num_processes if accelerator else 1
@@ -257,7 +268,6 @@ def evaluate(student, data: EvalData, target: str, device, batch_size: int = 64,
         "num_pairs": int(len(stats)),
     }
     metrics["val_loss"] = metrics["mse_en"] + metrics["mse_ko"]
-    student.train(was_training)
     return metrics
 
 
@@ -309,10 +319,51 @@ def make_optimizer(student, target: str, lr: float, weight_decay: float, device)
                              fused=torch.device(device).type in ("cuda", "cpu"))
 
 
-def _mixed_precision(device: str) -> str:
-    if device != "cuda":
-        return "no"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+def mixed_precision(device, setting: str = "auto") -> str:
+    """The autocast precision for training on ``device``: ``"no"`` (fp32), ``"bf16"`` or ``"fp16"``.
+
+    ``auto`` picks bf16 only on GPUs that compute in it (compute capability
+    8.0 or more: A100, RTX 30xx and newer) and fp16 on older ones such as the
+    T4, where Accelerate adds a gradient scaler. ``torch.cuda.is_bf16_supported()``
+    is not the test: it also says yes on a T4, which only emulates bf16,
+    slowly. On a CPU ``auto`` stays in fp32; ``bf16`` can be forced there
+    (the CPU runs bf16 autocast), ``fp16`` cannot (Accelerate would silently
+    train in fp32).
+    """
+    from .profiles import PRECISIONS
+
+    if setting not in PRECISIONS:
+        raise ValueError(f"unknown mixed_precision {setting!r}; choose one of {PRECISIONS}")
+    kind = torch.device(device).type
+    if setting == "auto":
+        if kind != "cuda":
+            return "no"
+        return "bf16" if torch.cuda.get_device_capability() >= (8, 0) else "fp16"
+    if setting == "fp16" and kind != "cuda":
+        raise ValueError(f"fp16 autocast needs a CUDA GPU, not {kind!r}; use mixed_precision='bf16' or 'no'")
+    if setting == "bf16" and kind == "cuda" and torch.cuda.get_device_capability() < (8, 0):
+        import warnings
+
+        warnings.warn(f"{torch.cuda.get_device_name()} has no bf16 units (compute capability "
+                      f"{'.'.join(map(str, torch.cuda.get_device_capability()))}): bf16 is emulated and slow; "
+                      f"mixed_precision='auto' picks fp16 here", stacklevel=2)
+    return setting
+
+
+def make_accelerator(device, precision: str):
+    """An ``Accelerator`` for one training run at ``precision`` (from ``mixed_precision``).
+
+    Accelerate keeps one precision per process, so a kernel that trains once
+    in bf16 and then in fp32 would stop with "AcceleratorState has already
+    been initialized". Only that precision setting is cleared; the process
+    state (ranks, device, process group) stays as the launcher set it.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state.get("_mixed_precision", precision) != precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(cpu=torch.device(device).type == "cpu", mixed_precision=precision)
 
 
 def _rng_state() -> dict:
@@ -371,14 +422,16 @@ def distill(cfg, experiment: str, splits, *, models: tuple | None = None, val: E
 
     A notebook that already loaded ``models = (teacher_tokenizer, teacher,
     student_tokenizer, student)`` and computed ``val = prepare_eval(...)``
-    passes them, so nothing is loaded or computed twice.
+    passes them, so nothing is loaded or computed twice. The teacher is then
+    moved to the device (fp16 on CUDA) in place; the student comes back in
+    fp32 with the best checkpoint's weights and without Accelerate's autocast
+    wrapper, so measuring it afterwards compares with the metrics here.
     """
-    from accelerate import Accelerator
     from tqdm.auto import tqdm
     from transformers import get_cosine_schedule_with_warmup
 
     from . import seed_everything
-    from .data import fingerprint
+    from .data import fingerprint, overlong
 
     if experiment not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {experiment!r}; choose one of {EXPERIMENTS}")
@@ -386,7 +439,8 @@ def distill(cfg, experiment: str, splits, *, models: tuple | None = None, val: E
         if name not in splits or len(splits[name]) == 0:
             raise ValueError(f"the {name!r} split is empty or missing; prepare data with kd.data.prepare_splits(cfg)")
     target = TARGETS[experiment]
-    accelerator = Accelerator(cpu=cfg.torch_device == "cpu", mixed_precision=_mixed_precision(cfg.torch_device))
+    precision = mixed_precision(cfg.torch_device, cfg.mixed_precision)
+    accelerator = make_accelerator(cfg.torch_device, precision)
     device = accelerator.device
     seed_everything(cfg.seed)
     out = Path(output_dir) if output_dir else Path(cfg.output_dir) / "distill" / experiment
@@ -407,8 +461,16 @@ def distill(cfg, experiment: str, splits, *, models: tuple | None = None, val: E
     seed_everything(cfg.seed)  # the same state however the models arrived
     student.to(device).train()
 
-    # pre-tokenised tensors: tokenisation never runs inside the loop
+    # A side that the student's tokenizer would cut at max_length is not a pair to learn from. Cleaning already
+    # filtered by the Korean student's tokenizer; the CLIP student reads Korean as byte pieces and loses more.
     train = splits["train"]
+    too_long = overlong(student_tokenizer, train, cfg.max_length)
+    if any(too_long):
+        train = train.select([i for i, cut in enumerate(too_long) if not cut])
+        if main:
+            print(f"{experiment}: {sum(too_long)} of {len(too_long):,} training pairs have a side over {cfg.max_length} "
+                  f"tokens of this student's tokenizer and are left out (val/test keep them, cut as the pipeline cuts)")
+    # pre-tokenised tensors: tokenisation never runs inside the loop
     teacher_train = tokenize(teacher_tokenizer, train["en"], cfg.max_length)
     student_en = tokenize(student_tokenizer, train["en"], cfg.max_length)
     student_ko = tokenize(student_tokenizer, train["ko"], cfg.max_length)
@@ -443,12 +505,20 @@ def distill(cfg, experiment: str, splits, *, models: tuple | None = None, val: E
     optimizer = make_optimizer(student, target, cfg.lr, cfg.weight_decay, device)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     student, optimizer = accelerator.prepare(student, optimizer)
-    raw_student = accelerator.unwrap_model(student)
+    # Accelerate wraps the student's forward in autocast, and that wrapper would stay on the caller's model.
+    # student_loss autocasts the training forward itself, so drop the wrapper: evaluation and the student
+    # handed back run in fp32 whatever the training precision.
+    raw_student = accelerator.unwrap_model(student, keep_fp32_wrapper=False)
 
     meta_base = {"profile": cfg.name, "experiment": experiment, "target": target, "teacher": cfg.sd_id,
                  "student": cfg.sd_id if experiment == "clip" else cfg.student_id,
                  "data_fingerprint": fingerprint(splits), "total_steps": total_steps,
-                 "num_processes": world, "seed": cfg.seed}
+                 "num_processes": world, "train_pairs": len(train), "mixed_precision": precision,
+                 "teacher_dtype": str(half).removeprefix("torch."), "seed": cfg.seed}
+    if main and progress:
+        print(f"{experiment}: {len(train):,} pairs, {total_steps} steps on {world} process(es), device {device.type}, "
+              f"student autocast {precision if precision != 'no' else 'off (fp32)'}, teacher {meta_base['teacher_dtype']}, "
+              f"evaluation in fp32")
     start_step, best_val, best_step, history, train_log = 0, math.inf, -1, [], []
     last_dir, best_dir = out / "last", out / "best"
     if resume and (last_dir / "training_state.pt").exists():

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "KDSD_"
+PRECISIONS = ("auto", "no", "bf16", "fp16")
 
 
 def output_root() -> Path:
@@ -65,6 +66,9 @@ class Profile:
     # run
     seed: int = 0
     device: str = "auto"
+    # training precision: "auto" (bf16 on GPUs of compute capability 8.0 or more, fp16 with a gradient
+    # scaler on older GPUs, fp32 on a CPU), "no" (fp32), "bf16" (also on a CPU), "fp16" (CUDA only)
+    mixed_precision: str = "auto"
     output_dir: str = ""  # empty: outputs/<profile name>
 
     @property
@@ -95,7 +99,8 @@ class Profile:
     def summary(self) -> str:
         """Two lines that say which profile is active and its main sizes."""
         pairs = "all" if self.num_pairs is None else f"{self.num_pairs:,}"
-        line1 = f"profile={self.name} device={self.torch_device} output={self.output_dir}"
+        line1 = (f"profile={self.name} device={self.torch_device} mixed_precision={self.mixed_precision} "
+                 f"output={self.output_dir}")
         line2 = (
             f"sd={self.sd_id} student={self.student_id} data={self.data_source} pairs={pairs} "
             f"epochs={self.num_epochs} batch={self.batch_size} lr={self.lr:g} "
@@ -214,6 +219,9 @@ def get_profile(name: str | None = None, **overrides: Any) -> Profile:
             changes[f.name] = _parse(env, getattr(base, f.name))
     changes.update(overrides)
     cfg = dataclasses.replace(base, **changes)
+    if cfg.mixed_precision not in PRECISIONS:
+        raise ValueError(f"unknown mixed_precision {cfg.mixed_precision!r}; choose one of {PRECISIONS} "
+                         f"(KDSD_MIXED_PRECISION=... or setup(mixed_precision=...))")
     if not cfg.output_dir:
         cfg = dataclasses.replace(cfg, output_dir=str(output_root() / cfg.name))
     return cfg

@@ -188,3 +188,27 @@ def test_trimmed_teacher_pools_at_the_same_token_with_sd14s_legacy_eos_id():
     assert width == 13
     full = D.teacher_batch(teacher, ids, "pooled")
     assert torch.allclose(full, D.teacher_batch(teacher, ids, "pooled", width), atol=1e-5)
+
+
+def test_each_experiment_leaves_out_the_pairs_its_tokenizer_would_cut(cfg, small_splits, capsys):
+    """The CLIP student reads Korean as byte pieces: long Korean sentences would be cut at 77 tokens."""
+    from datasets import DatasetDict, concatenate_datasets
+
+    teacher_tokenizer, student_tokenizer = kd.load_tokenizers(cfg)
+    full = kd.data.prepare_splits(cfg)
+    cut_by_clip = kd.data.overlong(teacher_tokenizer, full["train"], cfg.max_length)
+    counts = kd.data.left_out_by_experiment(full["train"], teacher_tokenizer, student_tokenizer, cfg.max_length)
+    assert counts == {"clip": sum(cut_by_clip), "roberta": 0, "roberta_pooler": 0} and counts["clip"] > 0
+    info = json.loads((kd.data.splits_dir(cfg) / "info.json").read_text())
+    assert info["cleaning"]["left_out_of_training"] == counts
+
+    long_ones = full["train"].select([i for i, cut in enumerate(cut_by_clip) if cut][:3])
+    assert max(kd.data.token_lengths(teacher_tokenizer, long_ones["ko"])) > cfg.max_length
+    train = concatenate_datasets([small_splits["train"], long_ones])
+    splits = DatasetDict({"train": train, "val": small_splits["val"]})
+    result = D.distill(cfg, "clip", splits, output_dir=Path(cfg.output_dir) / "clip-cut", progress=False)
+    assert json.loads((result.output_dir / "metrics.json").read_text())["train_pairs"] == len(train) - 3
+    assert "clip: 3 of 51 training pairs have a side over 77 tokens" in capsys.readouterr().out
+    roberta = D.distill(cfg, "roberta", splits, output_dir=Path(cfg.output_dir) / "roberta-cut", stop_after=1,
+                        progress=False)
+    assert json.loads((roberta.output_dir / "last" / "kdsd_meta.json").read_text())["train_pairs"] == len(train)

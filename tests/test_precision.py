@@ -1,0 +1,175 @@
+"""The precision path every GPU user takes, forced on the CPU (bf16 autocast runs there).
+
+No GPU is needed: Accelerate's bf16 autocast runs on a CPU, and the choice
+between bf16 and fp16 is tested with a mocked CUDA compute capability.
+"""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import kdutils as kd
+from kdutils import distill as D
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ------------------------------------------------------------ the choice
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """Pretend a CUDA GPU of a given compute capability is present."""
+
+    def install(capability, name):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # what torch says even on a T4
+
+    return install
+
+
+@pytest.mark.parametrize("capability, name, expected", [
+    ((7, 5), "Tesla T4", "fp16"),
+    ((7, 0), "Tesla V100", "fp16"),
+    ((8, 0), "NVIDIA A100", "bf16"),
+    ((8, 6), "NVIDIA GeForce RTX 3060", "bf16"),
+    ((9, 0), "NVIDIA H100", "bf16"),
+])
+def test_auto_picks_bf16_only_where_the_gpu_computes_in_it(fake_gpu, capability, name, expected):
+    fake_gpu(capability, name)
+    assert D.mixed_precision("cuda", "auto") == expected
+
+
+def test_forcing_bf16_on_a_gpu_without_bf16_units_warns(fake_gpu):
+    fake_gpu((7, 5), "Tesla T4")
+    with pytest.warns(UserWarning, match="Tesla T4 has no bf16 units .*emulated"):
+        assert D.mixed_precision("cuda", "bf16") == "bf16"
+    assert D.mixed_precision("cuda", "fp16") == "fp16" and D.mixed_precision("cuda", "no") == "no"
+
+
+def test_cpu_precision_choices():
+    assert D.mixed_precision("cpu", "auto") == "no"
+    assert D.mixed_precision("cpu", "bf16") == "bf16"
+    assert D.mixed_precision("cpu", "no") == "no"
+    with pytest.raises(ValueError, match="fp16 autocast needs a CUDA GPU"):
+        D.mixed_precision("cpu", "fp16")
+    with pytest.raises(ValueError, match="unknown mixed_precision 'fp8'"):
+        D.mixed_precision("cpu", "fp8")
+
+
+def test_the_profile_field_comes_from_the_environment_and_is_checked(monkeypatch):
+    assert kd.get_profile("tiny").mixed_precision == "auto"
+    monkeypatch.setenv("KDSD_MIXED_PRECISION", "bf16")
+    assert kd.get_profile("tiny").mixed_precision == "bf16"
+    assert kd.get_profile("tiny", mixed_precision="no").mixed_precision == "no"  # keywords win
+    monkeypatch.setenv("KDSD_MIXED_PRECISION", "half")
+    with pytest.raises(ValueError, match="unknown mixed_precision 'half'"):
+        kd.get_profile("tiny")
+
+
+# ------------------------------------------------ the engine under bf16
+@pytest.fixture(scope="module")
+def setting(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bf16")
+    base = kd.get_profile("tiny", output_dir=str(out), batch_size=16, num_epochs=2, eval_every=3, lr=1e-3)
+    from datasets import DatasetDict
+
+    splits = kd.data.prepare_splits(base)
+    small = DatasetDict({"train": splits["train"].select(range(48)), "val": splits["val"].select(range(16)),
+                         "test": splits["test"].select(range(16))})
+    return base, small
+
+
+def _sha(folder: Path) -> str:
+    return hashlib.sha256((Path(folder) / "model.safetensors").read_bytes()).hexdigest()
+
+
+def _models(cfg, experiment):
+    teacher_tokenizer, teacher = kd.load_teacher(cfg)
+    student_tokenizer, student = kd.load_student(cfg, experiment, teacher.config.hidden_size)
+    return teacher_tokenizer, teacher, student_tokenizer, student
+
+
+@pytest.mark.parametrize("experiment", ["clip", "roberta_pooler"])
+def test_bf16_training_keeps_the_notebooks_before_and_after_checks(setting, experiment):
+    """What notebooks 03-05 do: measure the student, hand it to distill, measure it again."""
+    base, splits = setting
+    cfg = base.replace(mixed_precision="bf16")
+    models = _models(cfg, experiment)
+    teacher_tokenizer, teacher, student_tokenizer, student = models
+    target = D.TARGETS[experiment]
+    val = D.prepare_eval(teacher, teacher_tokenizer, student_tokenizer, splits["val"], "cpu", cfg.max_length)
+    before = D.evaluate(student, val, target, "cpu")
+
+    result = D.distill(cfg, experiment, splits, models=models, val=val, output_dir=Path(cfg.output_dir) / experiment,
+                       progress=False)
+    meta = json.loads((result.output_dir / "metrics.json").read_text())
+    assert meta["mixed_precision"] == "bf16"
+    # step 0 is the student measured above, to the notebooks' tolerance: evaluation runs in fp32
+    assert abs(result.history[0]["val_loss"] - before["val_loss"]) <= 1e-6 * before["val_loss"]
+    # the student comes back without Accelerate's autocast wrapper ...
+    assert "_original_forward" not in student.__dict__
+    assert not hasattr(student.forward, "__wrapped__")
+    # ... so measuring it afterwards gives the fp32 numbers of the best checkpoint, exactly
+    after = D.evaluate(student, val, target, "cpu")
+    best = next(h for h in result.history if h["step"] == result.best_step)
+    assert abs(after["val_loss"] - best["val_loss"]) <= 1e-6 * best["val_loss"]
+    tokens = D.tokenize(student_tokenizer, ["빨간 사과"])
+    with torch.no_grad():
+        out = D.encode(student, tokens.ids, tokens.mask)[0]
+    assert out.dtype == torch.float32
+    assert result.best_val_loss < before["val_loss"], "bf16 training still learns"
+
+
+def test_bf16_really_trains_in_bf16_and_resumes_bit_identically(setting):
+    base, splits = setting
+    cfg = base.replace(mixed_precision="bf16")
+    out = Path(cfg.output_dir) / "resume"
+    full = D.distill(cfg, "roberta", splits, output_dir=out / "full", progress=False)
+    fp32 = D.distill(base, "roberta", splits, output_dir=out / "fp32", progress=False)
+    assert _sha(full.output_dir / "last") != _sha(fp32.output_dir / "last"), "autocast must change the arithmetic"
+    part = D.distill(cfg, "roberta", splits, output_dir=out / "cut", stop_after=4, progress=False)
+    assert not part.finished
+    resumed = D.distill(cfg, "roberta", splits, output_dir=out / "cut", resume=True, progress=False)
+    assert _sha(resumed.best_dir) == _sha(full.best_dir) and _sha(out / "cut" / "last") == _sha(out / "full" / "last")
+    assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in full.history]
+    # the checkpoint holds fp32 weights, which export and plain diffusers read as usual
+    from safetensors.torch import load_file
+
+    assert {t.dtype for t in load_file(str(full.best_dir / "model.safetensors")).values()} == {torch.float32}
+
+
+def test_a_bf16_student_exports_and_reloads_with_plain_diffusers(setting, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    base, splits = setting
+    cfg = base.replace(mixed_precision="bf16")
+    result = D.distill(cfg, "roberta", splits, output_dir=Path(cfg.output_dir) / "export", progress=False)
+    pipe = kd.pipeline.korean_pipeline(cfg, result.best_dir)
+    folder = kd.pipeline.export_pipeline(cfg, result.best_dir, tmp_path / "exported")
+    with kd.pipeline.quiet_encoder_swap():
+        reloaded = StableDiffusionPipeline.from_pretrained(str(folder))
+    latents = kd.pipeline.fixed_latents(pipe, cfg, 1)
+    here = pipe(["빨간 사과"], latents=latents, num_inference_steps=2, output_type="np").images[0]
+    there = reloaded(["빨간 사과"], latents=latents, num_inference_steps=2, output_type="np").images[0]
+    assert (here == there).all()
+
+
+# ---------------------------------------------- notebooks 03-05 under bf16
+def test_distillation_notebooks_pass_with_bf16_forced(tmp_path):
+    """What a GPU user runs, on the CPU: notebooks 03-05 under nbval with KDSD_MIXED_PRECISION=bf16."""
+    env = {**os.environ, "KDSD_MIXED_PRECISION": "bf16", "KDSD_OUTPUT_DIR": str(tmp_path / "outputs")}
+    notebooks = [str(ROOT / "notebooks" / name) for name in
+                 ("03_distill_clip.ipynb", "04_distill_roberta.ipynb", "05_distill_roberta_pooler.ipynb")]
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(ROOT),
+                          *notebooks], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    for experiment in ("clip", "roberta", "roberta_pooler"):
+        meta = json.loads((tmp_path / "outputs" / "distill" / experiment / "metrics.json").read_text())
+        assert meta["mixed_precision"] == "bf16"
