@@ -396,7 +396,15 @@ def save_checkpoint(folder: Path, student, tokenizer, meta: dict, state: dict | 
     old = folder.with_name(f".{folder.name}.old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    student.save_pretrained(str(tmp))
+    from transformers.utils import logging as hf_logging
+
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # save_pretrained's "Writing model shards" bar would print at every evaluation
+    try:
+        student.save_pretrained(str(tmp))
+    finally:
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
     tokenizer.save_pretrained(str(tmp))
     (tmp / "kdsd_meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     if state is not None:

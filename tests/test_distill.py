@@ -212,3 +212,14 @@ def test_each_experiment_leaves_out_the_pairs_its_tokenizer_would_cut(cfg, small
     roberta = D.distill(cfg, "roberta", splits, output_dir=Path(cfg.output_dir) / "roberta-cut", stop_after=1,
                         progress=False)
     assert json.loads((roberta.output_dir / "last" / "kdsd_meta.json").read_text())["train_pairs"] == len(train)
+
+
+def test_checkpoint_saves_print_no_shard_bar_and_leave_the_bar_setting_alone(cfg, tmp_path, capfd):
+    from transformers.utils import logging as hf_logging
+
+    tokenizer, student = load_student(cfg, "roberta")
+    hf_logging.enable_progress_bar()
+    D.save_checkpoint(tmp_path / "best", student, tokenizer, {"step": 0})
+    assert "Writing model shards" not in capfd.readouterr().err, "one bar per evaluation would flood the log"
+    assert hf_logging.is_progress_bar_enabled(), "the caller's progress-bar setting is restored"
+    assert (tmp_path / "best" / "model.safetensors").exists()
