@@ -1,6 +1,7 @@
 """Notebooks are lessons committed clean, and they all follow the course template."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,10 @@ def test_follows_the_template(path):
     assert "colab.research.google.com/github/" in cells[0] and f"notebooks/{path.name}" in cells[0]
     assert "배울 것" in cells[0]
     setup = next(c for c, k in zip(cells, kinds) if k == "code")
-    assert "google.colab" in setup and "pip install" in setup
+    assert "google.colab" in setup and "git clone" in setup
+    installs = [line.strip() for line in setup.splitlines() if re.search(r"\b(pip|apt-get|apt|conda)\b.*\binstall\b", line)]
+    assert installs == ["!pip install -q -r requirements-colab.txt"], \
+        "on Colab install only what the lessons need: no torch (Colab's CUDA build stays), no apt packages"
     assert any("kd.setup(" in c for c, k in zip(cells, kinds) if k == "code")
     assert "정리" in cells[-1] and "연습문제" in cells[-1]
     assert not any("cfg.name ==" in c or "cfg.name==" in c for c in cells), "sizes come from the profile"
