@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import typing
+from dataclasses import fields
+
+from .models import EXPERIMENTS
+from .profiles import ENV_PREFIX, PRECISIONS, PROFILES, Profile
 
 
 def _course(args: argparse.Namespace) -> int:
@@ -18,13 +23,69 @@ def _course(args: argparse.Namespace) -> int:
     return 0
 
 
+def _optional(kind: type):
+    """An argparse type for ``kind | None``: ``none`` gives None."""
+    def parse(text: str):
+        if text.lower() in ("none", "null"):
+            return None
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__} or 'none', got {text!r}") from None
+
+    return parse
+
+
+# field type -> (argparse type, metavar)
+_FLAG_TYPES = {int: (int, "N"), float: (float, "X"), str: (str, "TEXT"),
+               int | None: (_optional(int), "N|none"), str | None: (_optional(str), "TEXT|none")}
+_CHOICES = {"mixed_precision": PRECISIONS}
+
+
+def add_profile_flags(parser: argparse.ArgumentParser) -> None:
+    """One ``--flag`` per :class:`Profile` field (``num_epochs`` -> ``--num-epochs``), typed as the field.
+
+    The profile's name is ``--profile``. A flag that is not given stays out of
+    the namespace, so only what the user typed overrides the profile.
+    """
+    group = parser.add_argument_group("profile values", f"override one value of the profile; a flag wins over "
+                                                        f"its {ENV_PREFIX}<NAME> environment variable")
+    hints = typing.get_type_hints(Profile)
+    for f in fields(Profile):
+        if f.name == "name":
+            continue
+        kind = hints[f.name]
+        if kind not in _FLAG_TYPES:
+            raise TypeError(f"Profile.{f.name} has type {kind}, which has no command-line parser; "
+                            f"add one to _FLAG_TYPES in kdutils/__main__.py")
+        values = {name: repr(getattr(p, f.name)) for name, p in PROFILES.items()}
+        defaults = (next(iter(values.values())) if len(set(values.values())) == 1
+                    else ", ".join(f"{name} {value}" for name, value in values.items()))
+        aliases = []
+        if f.name == "output_dir":  # also --output, as before; empty means outputs/<profile>
+            aliases, defaults = ["--output"], "outputs/<profile>"
+        parse, metavar = _FLAG_TYPES[kind]
+        group.add_argument(f"--{f.name.replace('_', '-')}", *aliases, dest=f.name, type=parse,
+                           choices=_CHOICES.get(f.name), default=argparse.SUPPRESS,
+                           metavar="{" + ",".join(_CHOICES[f.name]) + "}" if f.name in _CHOICES else metavar,
+                           help=f"default: {defaults}")
+
+
+def profile_overrides(args: argparse.Namespace) -> dict:
+    """The profile values given as flags, as keywords for :func:`kdutils.setup`."""
+    return {f.name: getattr(args, f.name) for f in fields(Profile) if f.name != "name" and hasattr(args, f.name)}
+
+
 def _train(args: argparse.Namespace) -> int:
     import kdutils as kd
 
-    overrides = {"output_dir": args.output} if args.output else {}
     from accelerate import PartialState
 
-    cfg = kd.setup(args.profile, quiet=not _is_main(), **overrides)
+    try:
+        cfg = kd.setup(args.profile, quiet=not _is_main(), **profile_overrides(args))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     with PartialState(cpu=cfg.torch_device == "cpu").main_process_first():  # one process writes the splits
         splits = kd.data.prepare_splits(cfg)
     result = kd.distill.distill(cfg, args.experiment, splits, resume=args.resume, progress=_is_main())
@@ -60,7 +121,7 @@ def _bench(args: argparse.Namespace) -> int:
     from .profiles import output_root
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    experiments = args.experiment or ("clip", "roberta", "roberta_pooler")
+    experiments = args.experiment or EXPERIMENTS
     if args.phases:
         rows = [{"experiment": e, **step_phases(e, args.batch_size, args.steps or 3, device=device)}
                 for e in experiments]
@@ -86,31 +147,33 @@ def _tiny(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m kdutils`` parser; choices come from ``PROFILES`` and ``EXPERIMENTS``."""
+    profiles = list(PROFILES)
     parser = argparse.ArgumentParser(prog="python -m kdutils", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     course = sub.add_parser("course", help="execute the notebooks in order in one profile")
-    course.add_argument("--profile", choices=["tiny", "class", "paper"], help="default: KDSD_PROFILE, else auto")
+    course.add_argument("--profile", choices=profiles, help="default: KDSD_PROFILE, else auto")
     course.add_argument("--only", nargs="+", metavar="NN", help="notebook numbers or names, e.g. 03 04")
     course.set_defaults(func=_course)
 
     train = sub.add_parser("train", help="distil a student outside notebooks (works under accelerate launch)")
-    train.add_argument("--experiment", required=True, choices=["clip", "roberta", "roberta_pooler"])
-    train.add_argument("--profile", choices=["tiny", "class", "paper"], help="default: KDSD_PROFILE, else auto")
-    train.add_argument("--output", help="output folder (default: outputs/<profile>)")
+    train.add_argument("--experiment", required=True, choices=EXPERIMENTS)
+    train.add_argument("--profile", choices=profiles, help="default: KDSD_PROFILE, else auto")
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    add_profile_flags(train)
     train.set_defaults(func=_train)
 
     export = sub.add_parser("export", help="save SD with a trained student as a from_pretrained folder")
     export.add_argument("--student", required=True, help="a best/ checkpoint folder")
     export.add_argument("--output", required=True, help="folder to write the pipeline to")
-    export.add_argument("--profile", choices=["tiny", "class", "paper"], help="default: KDSD_PROFILE, else auto")
+    export.add_argument("--profile", choices=profiles, help="default: KDSD_PROFILE, else auto")
     export.add_argument("--no-safety-checker", action="store_true", help="leave the safety checker out")
     export.set_defaults(func=_export)
 
     bench = sub.add_parser("bench", help="distillation throughput: the engine against the study's loop")
-    bench.add_argument("--experiment", nargs="+", choices=["clip", "roberta", "roberta_pooler"])
+    bench.add_argument("--experiment", nargs="+", choices=EXPERIMENTS, help="default: all")
     bench.add_argument("--device", choices=["cpu", "cuda"])
     bench.add_argument("--batch-size", type=int, help="default: 32 on CUDA, 4 on CPU")
     bench.add_argument("--steps", type=int, help="measured steps per run (default: 20 on CUDA, 3 on CPU)")
@@ -123,7 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     tiny = sub.add_parser("tiny", help="build the tiny offline models (if needed) and print where they are")
     tiny.set_defaults(func=_tiny)
 
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return args.func(args)
 
 
