@@ -1,4 +1,4 @@
-"""Command line: ``python -m kdutils {course,train,export,bench,tiny} ...``."""
+"""Command line: ``python -m kdutils {course,train,export,bench,tiny,colab} ...``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import sys
 import typing
 from dataclasses import fields
+from pathlib import Path
 
 from .models import EXPERIMENTS
 from .profiles import ENV_PREFIX, PRECISIONS, PROFILES, Profile
@@ -147,8 +148,37 @@ def _tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def _colab(args: argparse.Namespace) -> int:
+    from .colab import repoint
+
+    changed = repoint(args.repo, args.branch, args.root)
+    for path, changes in changed.items():
+        counts = {kind: sum(k == kind for k, _ in changes) for kind, _ in changes}
+        what = ", ".join(f"{n} {kind}{'s' * (n > 1)}" for kind, n in counts.items())
+        olds = ", ".join(sorted({old for _, old in changes}))
+        print(f"{path.relative_to(args.root)}: {what} ({olds} -> {args.repo}@{args.branch})")
+    if changed:
+        print(f"{len(changed)} file(s) now point to {args.repo}@{args.branch}; commit and push them to that fork")
+    else:
+        print(f"nothing to change: every badge and clone already points to {args.repo}@{args.branch}")
+    return 0
+
+
+def _checked(check):
+    """An argparse type from a ``check_*`` function that raises ValueError."""
+    def parse(text: str) -> str:
+        try:
+            return check(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m kdutils`` parser; choices come from ``PROFILES`` and ``EXPERIMENTS``."""
+    from .colab import BRANCH, ROOT, check_branch, check_repo
+
     profiles = list(PROFILES)
     parser = argparse.ArgumentParser(prog="python -m kdutils", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -186,6 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = sub.add_parser("tiny", help="build the tiny offline models (if needed) and print where they are")
     tiny.set_defaults(func=_tiny)
 
+    colab = sub.add_parser("colab", help="point every Colab badge, clone cell and README link to a fork")
+    colab.add_argument("--repo", required=True, type=_checked(check_repo), help="the fork, as OWNER/NAME")
+    colab.add_argument("--branch", default=BRANCH, type=_checked(check_branch),
+                       help=f"the branch Colab opens and clones (default: {BRANCH})")
+    colab.add_argument("--root", type=Path, default=ROOT, help="the clone to rewrite (default: this one)")
+    colab.set_defaults(func=_colab)
     return parser
 
 

@@ -1,0 +1,131 @@
+"""Colab: one repository in code, a command that re-points every link to a fork, and a light install."""
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from kdutils.__main__ import main
+from kdutils.colab import BRANCH, REPO, ROOT, find_links, repoint
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+FORK, FORK_BRANCH = "a-teacher/kd-class", "spring-2026"
+
+
+@pytest.fixture
+def copy(tmp_path):
+    """The course's notebooks, README and colab module, copied to a scratch folder."""
+    shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    shutil.copy(ROOT / "README.md", tmp_path / "README.md")
+    (tmp_path / "kdutils").mkdir()
+    shutil.copy(ROOT / "kdutils" / "colab.py", tmp_path / "kdutils" / "colab.py")
+    return tmp_path
+
+
+def _files(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): p.read_text(encoding="utf-8") for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_the_repository_points_only_to_repo_at_branch():
+    links = find_links()
+    assert {(link.repo, link.branch) for link in links} == {(REPO, BRANCH)}
+    kinds = [(link.path.name, link.kind) for link in links]
+    for path in NOTEBOOKS:  # every notebook: its badge and its clone cell
+        assert (path.name, "badge") in kinds and (path.name, "clone") in kinds
+    assert kinds.count(("README.md", "badge")) == len(NOTEBOOKS), "the README table has a badge per notebook"
+    # no other spelling slipped past the patterns (e.g. a clone without --branch)
+    for path, text in _files(ROOT / "notebooks").items():
+        assert text.count("colab.research.google.com/github/") == text.count(f"github/{REPO}/blob/{BRANCH}/"), path
+        assert text.count("git clone") == text.count(f"--branch {BRANCH} https://github.com/{REPO} "), path
+
+
+def test_repoint_changes_every_badge_and_clone_and_nothing_else(copy, capsys):
+    before = _files(copy)
+    assert main(["colab", "--repo", FORK, "--branch", FORK_BRANCH, "--root", str(copy)]) == 0
+    printed = capsys.readouterr().out
+    after = _files(copy)
+
+    assert {(link.repo, link.branch) for link in find_links(copy)} == {(FORK, FORK_BRANCH)}
+    assert len(find_links(copy)) == len(find_links())
+    for path in NOTEBOOKS:
+        nb = json.loads((copy / "notebooks" / path.name).read_text(encoding="utf-8"))
+        assert f"colab.research.google.com/github/{FORK}/blob/{FORK_BRANCH}/notebooks/{path.name}" in "".join(
+            nb["cells"][0]["source"])
+        setup = next("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+        assert f"--branch {FORK_BRANCH} https://github.com/{FORK} /content/kdsd" in setup
+        assert all(not c.get("outputs") and c.get("execution_count") is None
+                   for c in nb["cells"] if c["cell_type"] == "code"), "the notebook stays clean"
+    assert REPO not in "".join(after.values())
+    # nothing else changed: putting the old names back gives the old files byte for byte
+    assert FORK not in "".join(before.values()) and FORK_BRANCH not in "".join(before.values())
+    restored = {path: text.replace(FORK, REPO).replace(f"/blob/{FORK_BRANCH}/", f"/blob/{BRANCH}/")
+                .replace(f"--branch {FORK_BRANCH} ", f"--branch {BRANCH} ")
+                .replace(f'BRANCH = "{FORK_BRANCH}"', f'BRANCH = "{BRANCH}"') for path, text in after.items()}
+    assert restored == before
+    # it says what it changed, file by file
+    assert f"README.md: {len(NOTEBOOKS)} badges ({REPO}@{BRANCH} -> {FORK}@{FORK_BRANCH})" in printed
+    assert f"notebooks/00_overview.ipynb: 1 badge, 1 clone ({REPO}@{BRANCH} -> {FORK}@{FORK_BRANCH})" in printed
+    assert "kdutils/colab.py: 1 constant" in printed
+
+
+def test_repoint_twice_is_a_no_op(copy, capsys):
+    assert repoint(FORK, FORK_BRANCH, copy)
+    once = _files(copy)
+    assert repoint(FORK, FORK_BRANCH, copy) == {}
+    assert _files(copy) == once
+    main(["colab", "--repo", FORK, "--branch", FORK_BRANCH, "--root", str(copy)])
+    assert "nothing to change" in capsys.readouterr().out
+    repoint(REPO, BRANCH, copy)  # and back again: the files are the course's own
+    assert _files(copy) == _files_of_course(copy)
+
+
+def _files_of_course(copy: Path) -> dict[str, str]:
+    return {path: (ROOT / path).read_text(encoding="utf-8") for path in _files(copy)}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--repo", "just-a-name"], "expected OWNER/NAME"),
+    (["--repo", "owner/name.git"], "expected OWNER/NAME"),
+    (["--repo", "https://github.com/owner/name"], "expected OWNER/NAME"),
+    (["--repo", "owner/name", "--branch", "a b"], "not a branch name"),
+])
+def test_bad_repo_or_branch_fails_clearly_and_writes_nothing(copy, capsys, argv, message):
+    before = _files(copy)
+    with pytest.raises(SystemExit) as exit_:
+        main(["colab", *argv, "--root", str(copy)])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert _files(copy) == before
+
+
+def test_a_folder_without_notebooks_is_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no notebooks/ folder"):
+        repoint(FORK, root=tmp_path)
+
+
+def _requirements(name: str) -> list[str]:
+    lines = (ROOT / name).read_text(encoding="utf-8").splitlines()
+    return [line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()]
+
+
+def _package(line: str) -> str:
+    return re.split(r"[<>=!~\[ ]", line, maxsplit=1)[0].lower()
+
+
+def test_colab_installs_the_lessons_packages_and_keeps_colabs_torch():
+    colab = _requirements("requirements-colab.txt")
+    packages = {_package(line) for line in colab if not line.startswith("-")}
+    colab_ships_its_own = {"torch", "torchvision", "ipywidgets", "jupyterlab", "notebook"}
+    assert not packages & (colab_ships_its_own | {"nbval", "nbclient", "pytest"})
+    assert {"transformers", "diffusers", "datasets", "accelerate", "koreanize-matplotlib"} <= packages
+    assert "-e ." in colab, "kdutils itself"
+
+
+def test_the_full_install_is_the_colab_one_plus_torch_jupyter_and_tests():
+    full = _requirements("requirements.txt")
+    assert "-r requirements-colab.txt" in full
+    packages = {_package(line) for line in full if not line.startswith("-")}
+    assert {"torch", "ipywidgets", "jupyterlab", "nbval", "nbclient", "pytest"} <= packages
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert "-r requirements.txt" in ci, "CI installs the full set"
