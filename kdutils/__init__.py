@@ -11,12 +11,12 @@ import logging
 import os
 import random
 
-from . import data, distill, metrics, pipeline, plots
+from . import data, distill, metrics, pipeline, plots, toymodels, world
 from .models import EXPERIMENTS, count_parameters, load_student, load_teacher, load_tokenizers
 from .profiles import PROFILES, Profile, get_profile
 from .tiny import resolve
 
-__all__ = ["EXPERIMENTS", "PROFILES", "Profile", "count_parameters", "data", "distill", "metrics", "pipeline", "load_student",
+__all__ = ["EXPERIMENTS", "PROFILES", "Profile", "count_parameters", "data", "distill", "metrics", "pipeline", "load_student", "toymodels", "world",
            "load_teacher", "load_tokenizers", "get_profile", "plots", "resolve", "seed_everything", "setup"]
 __version__ = "0.1.0"
 

@@ -141,10 +141,25 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _tiny(args: argparse.Namespace) -> int:
-    from .tiny import NAMES, TINY_PREFIX, resolve
+    import json
 
-    for name in NAMES:
-        print(f"{TINY_PREFIX}{name} -> {resolve(TINY_PREFIX + name)}")
+    from .tiny import NAMES, TINY_PREFIX, TRAINED, resolve
+
+    if args.train:  # the toy world's SD and scorer, into kdutils/assets/tiny (minutes on a CPU)
+        from . import toymodels
+
+        report = toymodels.build(args.output or toymodels.ASSETS)
+        print(json.dumps(report, indent=2))
+    if args.eval:  # how well images follow their prompts, for the teacher and any trained students
+        import kdutils as kd
+
+        from . import toymodels
+
+        cfg = kd.setup("tiny", quiet=True)
+        print(json.dumps(toymodels.evaluate_course(cfg), indent=2))
+    if not (args.train or args.eval):
+        for name in TRAINED + NAMES:
+            print(f"{TINY_PREFIX}{name} -> {resolve(TINY_PREFIX + name)}")
     return 0
 
 
@@ -213,7 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="instead: where the engine's step spends its time (teacher, forward, backward, optimizer)")
     bench.set_defaults(func=_bench)
 
-    tiny = sub.add_parser("tiny", help="build the tiny offline models (if needed) and print where they are")
+    tiny = sub.add_parser("tiny", help="the tiny profile's toy world: where its models are, rebuild them, measure them")
+    tiny.add_argument("--train", action="store_true",
+                      help="retrain the toy world's SD and scorer with fixed seeds (kdutils/assets/tiny; ~30 min on 2 cores)")
+    tiny.add_argument("--output", type=Path, help="with --train: write the models here instead")
+    tiny.add_argument("--eval", action="store_true",
+                      help="print JSON: attribute accuracy of images from English and Korean prompts, per text encoder")
     tiny.set_defaults(func=_tiny)
 
     colab = sub.add_parser("colab", help="point every Colab badge, clone cell and README link to a fork")

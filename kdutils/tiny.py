@@ -1,16 +1,15 @@
-"""Tiny random stand-ins for the hub models, built offline with fixed seeds.
+"""The ``tiny`` profile's models, in the layout of the hub repositories they stand in for.
 
-Each asset is saved in the layout of the hub repository it replaces, so the
-notebooks load it with the same ``from_pretrained`` calls as the real id:
+Each is loaded with the same ``from_pretrained`` calls as the real id:
 
-- ``tiny/stable-diffusion``: an SD v1-style pipeline folder whose
+- ``tiny/stable-diffusion``: the toy world's trained SD v1-style pipeline
+  (``kdutils/toymodels.py``), committed in ``kdutils/assets/tiny/``; its
   ``text_encoder``/``tokenizer`` (a CLIP byte-level BPE) are the teacher;
-- ``tiny/roberta-small``: a ``RobertaModel`` with a WordPiece tokenizer laid
-  out like ``klue/roberta-small``;
-- ``tiny/clip-scorer``: a ``CLIPModel`` (text and vision) that scores images.
-
-The weights are random: the models are the right shape, not the right
-knowledge. Rebuilding gives bit-identical files.
+- ``tiny/clip-scorer``: the toy world's trained ``CLIPModel`` that scores
+  images, committed beside it;
+- ``tiny/roberta-small``: an untrained ``RobertaModel`` with a WordPiece
+  tokenizer laid out like ``klue/roberta-small``, built here on first use
+  with fixed seeds (rebuilding gives bit-identical files).
 """
 
 from __future__ import annotations
@@ -22,8 +21,10 @@ from collections import Counter
 from pathlib import Path
 
 TINY_PREFIX = "tiny/"
-ASSETS_VERSION = "v2"
-NAMES = ("stable-diffusion", "roberta-small", "clip-scorer")
+ASSETS_VERSION = "v3"
+NAMES = ("roberta-small",)  # built on first use into the cache
+TRAINED = ("stable-diffusion", "clip-scorer")  # trained by toymodels.py, committed
+TRAINED_DIR = Path(__file__).resolve().parent / "assets" / "tiny"
 
 HIDDEN = 64  # teacher hidden size = UNet cross-attention dim = student hidden size
 MAX_LENGTH = 77
@@ -44,8 +45,14 @@ def resolve(model_id: str) -> str:
     if not model_id.startswith(TINY_PREFIX):
         return model_id
     name = model_id[len(TINY_PREFIX):]
+    if name in TRAINED:
+        folder = TRAINED_DIR / name
+        if not (folder / "DONE").exists():
+            raise FileNotFoundError(f"{folder} is missing or incomplete: the toy world's trained models come with "
+                                    f"the repository; rebuild them with `python -m kdutils tiny --train`")
+        return str(folder)
     if name not in NAMES:
-        raise ValueError(f"unknown tiny model {model_id!r}; known: {[TINY_PREFIX + n for n in NAMES]}")
+        raise ValueError(f"unknown tiny model {model_id!r}; known: {[TINY_PREFIX + n for n in TRAINED + NAMES]}")
     root = cache_dir() / f"tiny-{ASSETS_VERSION}"
     if not all((root / n / "DONE").exists() for n in NAMES):
         build_all(root)
@@ -56,7 +63,7 @@ def build_all(root: Path) -> Path:
     """Build every tiny asset under ``root``; each folder appears whole or not at all."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    builders = {"stable-diffusion": _build_sd, "roberta-small": _build_student, "clip-scorer": _build_scorer}
+    builders = {"roberta-small": _build_student}
     for name in NAMES:
         final = root / name
         if (final / "DONE").exists():
@@ -127,8 +134,8 @@ def learn_merges(word_counts: Counter, max_merges: int, min_frequency: int = 2,
     return merges
 
 
-def build_clip_tokenizer():
-    """A CLIP tokenizer whose BPE merges are learned from the English training text.
+def build_clip_tokenizer(extra_texts=()):
+    """A CLIP tokenizer whose BPE merges are learned from the English training text (and ``extra_texts``).
 
     Its base vocabulary is the 256 byte symbols and their end-of-word forms, as
     in real CLIP, so text it never saw (Korean) falls back to byte pieces.
@@ -145,7 +152,7 @@ def build_clip_tokenizer():
     backend = base.backend_tokenizer
     en, _ = _train_texts()
     words: Counter = Counter()
-    for text in en:
+    for text in list(en) + list(extra_texts):
         for piece, _ in backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(text)):
             words[tuple(piece[:-1]) + (piece[-1] + "</w>",)] += 1
     merges = learn_merges(words, max_merges=900)
@@ -161,11 +168,15 @@ def _build_student_tokenizer(folder: Path):
     from tokenizers import normalizers, pre_tokenizers
     from transformers import BertTokenizerFast
 
+    from . import world
+
     normalizer = normalizers.BertNormalizer(lowercase=False, strip_accents=False, clean_text=True)
     pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     en, ko = _train_texts()
+    # the toy world's captions too, so its words are whole pieces (sentences of held-out scenes stay out)
+    captions = [text for scene in world.train_scenes() for lang in ("ko", "en") for text in world.every_caption(scene, lang)]
     words: Counter = Counter()
-    for text in ko + en:
+    for text in ko + en + captions:
         for piece, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)):
             words[(piece[0],) + tuple("##" + ch for ch in piece[1:])] += 1
     chars = sorted({symbol for word in words for symbol in word})
@@ -194,7 +205,8 @@ def _seeded(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _text_config(tokenizer):
+def text_config(tokenizer):
+    """The tiny CLIP text tower's config: hidden 64, 2 layers, 4 heads, 77 positions."""
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
@@ -203,61 +215,6 @@ def _text_config(tokenizer):
         projection_dim=HIDDEN, pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
     )
-
-
-def _make_sentence_level(text_encoder) -> None:
-    """Rescale a random CLIP text encoder so its outputs depend on the sentence's words.
-
-    With the default initialisation the tiny embeddings vanish next to the
-    random MLPs and every output is an arbitrary function of token and
-    position, which no student can learn from a few hundred pairs. A trained
-    CLIP instead carries the words of the prompt and a running summary of it.
-    So: unit-scale token embeddings, zero query/key weights (each position
-    averages everything before it, as causal attention with no preference
-    would), a stronger value path and a weaker MLP. Still random: no semantics.
-    """
-    import torch
-
-    with torch.no_grad():
-        text_encoder.embeddings.token_embedding.weight.mul_(50.0)
-        for layer in text_encoder.encoder.layers:
-            layer.self_attn.q_proj.weight.zero_()
-            layer.self_attn.k_proj.weight.zero_()
-            layer.self_attn.v_proj.weight.mul_(10.0)
-            layer.self_attn.out_proj.weight.mul_(10.0)
-            layer.mlp.fc2.weight.mul_(0.3)
-
-
-def _build_sd(folder: Path) -> None:
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel
-
-    tokenizer = build_clip_tokenizer()
-    _seeded(0)
-    text_encoder = CLIPTextModel(_text_config(tokenizer))
-    _make_sentence_level(text_encoder)
-    _seeded(1)
-    unet = UNet2DConditionModel(
-        sample_size=IMAGE_SIZE // 8, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=HIDDEN,
-        attention_head_dim=8, norm_num_groups=32,
-    )
-    _seeded(2)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, sample_size=IMAGE_SIZE,
-        block_out_channels=(32, 32, 64, 64), layers_per_block=1, norm_num_groups=32,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    )
-    scheduler = PNDMScheduler(  # SD v1.4's scheduler settings
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        num_train_timesteps=1000, skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False,
-    )
-    pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
-    pipe.save_pretrained(str(folder))
 
 
 def _build_student(folder: Path) -> None:
@@ -274,20 +231,3 @@ def _build_student(folder: Path) -> None:
     _seeded(3)
     RobertaModel(config).save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
-
-
-def _build_scorer(folder: Path) -> None:
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPVisionConfig
-
-    tokenizer = build_clip_tokenizer()
-    vision = CLIPVisionConfig(
-        hidden_size=HIDDEN, intermediate_size=4 * HIDDEN, num_hidden_layers=2,
-        num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=16, projection_dim=HIDDEN,
-    )
-    config = CLIPConfig(text_config=_text_config(tokenizer).to_dict(), vision_config=vision.to_dict(),
-                        projection_dim=HIDDEN)
-    _seeded(4)
-    CLIPModel(config).save_pretrained(str(folder))
-    image_processor = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE},
-                                         crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
-    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(str(folder))

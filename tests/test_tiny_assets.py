@@ -1,4 +1,4 @@
-"""The tiny offline models: deterministic, offline, loadable without kdutils."""
+"""The tiny profile's models: the committed toy-world SD and scorer, the student built offline."""
 
 import hashlib
 import json
@@ -37,10 +37,18 @@ def test_resolve_builds_into_the_cache_and_leaves_hub_ids_alone(monkeypatch, tmp
         tiny.resolve("tiny/gpt")
 
 
-def test_clip_tokenizer_falls_back_to_bytes_for_korean(built):
+def test_the_trained_models_come_with_the_repository(monkeypatch, tmp_path):
+    for name in tiny.TRAINED:
+        assert Path(tiny.resolve(f"tiny/{name}")) == tiny.TRAINED_DIR / name
+    monkeypatch.setattr(tiny, "TRAINED_DIR", tmp_path)
+    with pytest.raises(FileNotFoundError, match="python -m kdutils tiny --train"):
+        tiny.resolve("tiny/stable-diffusion")
+
+
+def test_clip_tokenizer_falls_back_to_bytes_for_korean():
     from transformers import CLIPTokenizer
 
-    tok = CLIPTokenizer.from_pretrained(str(built / "stable-diffusion"), subfolder="tokenizer")
+    tok = CLIPTokenizer.from_pretrained(tiny.resolve("tiny/stable-diffusion"), subfolder="tokenizer")
     en = tok.tokenize("a red apple")
     ko = tok.tokenize("사과")
     assert "red</w>" in en  # English words learned as whole tokens
@@ -56,11 +64,14 @@ def test_student_tokenizer_is_laid_out_like_klue(built):
     assert tok.model_max_length == 77
     pieces = tok.tokenize("고양이가 잔디밭에서 잔다")
     assert "고양이" in pieces and tok.unk_token not in pieces
+    for word in ("빨간", "동그라미", "왼쪽", "삼각형", "가운데"):  # the toy world's words are whole pieces
+        assert tok.tokenize(word) == [word]
 
 
 def test_teacher_width_matches_unet_and_student(built):
-    config = json.loads((built / "stable-diffusion" / "text_encoder" / "config.json").read_text())
-    unet = json.loads((built / "stable-diffusion" / "unet" / "config.json").read_text())
+    sd = Path(tiny.resolve("tiny/stable-diffusion"))
+    config = json.loads((sd / "text_encoder" / "config.json").read_text())
+    unet = json.loads((sd / "unet" / "config.json").read_text())
     student = json.loads((built / "roberta-small" / "config.json").read_text())
     assert config["hidden_size"] == unet["cross_attention_dim"] == student["hidden_size"]
     assert config["max_position_embeddings"] == 77
@@ -70,14 +81,14 @@ PLAIN_LOAD = """
 import sys, torch
 from diffusers import StableDiffusionPipeline
 from transformers import AutoModel, AutoTokenizer, CLIPModel, CLIPProcessor
-root = sys.argv[1]
-pipe = StableDiffusionPipeline.from_pretrained(root + "/stable-diffusion")
+root, trained = sys.argv[1], sys.argv[2]
+pipe = StableDiffusionPipeline.from_pretrained(trained + "/stable-diffusion")
 image = pipe("a red apple", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np").images
 student = AutoModel.from_pretrained(root + "/roberta-small")
 tok = AutoTokenizer.from_pretrained(root + "/roberta-small")
 out = student(**tok(["빨간 사과"], return_tensors="pt")).last_hidden_state
-scorer = CLIPModel.from_pretrained(root + "/clip-scorer")
-CLIPProcessor.from_pretrained(root + "/clip-scorer")
+scorer = CLIPModel.from_pretrained(trained + "/clip-scorer")
+CLIPProcessor.from_pretrained(trained + "/clip-scorer")
 assert "kdutils" not in sys.modules
 print(image.shape, tuple(out.shape), type(student).__name__)
 """
@@ -85,7 +96,8 @@ print(image.shape, tuple(out.shape), type(student).__name__)
 
 def test_assets_load_with_plain_libraries_in_a_fresh_process(built):
     env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(built)}
-    result = subprocess.run([sys.executable, "-c", PLAIN_LOAD, str(built)], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-c", PLAIN_LOAD, str(built), str(tiny.TRAINED_DIR)],
+                            capture_output=True, text=True,
                             env=env, cwd=built, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "(1, 64, 64, 3) (1, 4, 64) RobertaModel" in result.stdout

@@ -1,0 +1,86 @@
+"""The toy world's trained models: the builder runs, and the committed models do what the course claims.
+
+Every number here is a measurement of the toy world (small models trained on
+captioned shapes), not of Stable Diffusion v1.4.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import kdutils as kd
+from kdutils import toymodels as T
+from kdutils import world
+
+CHANCE = {"colour": 1 / 6, "shape": 1 / 3, "position": 1 / 5}
+TARGET_EN = {"colour": 0.90, "position": 0.80, "shape": 0.70}  # the issue's targets for English prompts
+
+
+def test_the_builder_runs_end_to_end_in_a_few_steps(tmp_path):
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPModel, CLIPProcessor
+
+    report = T.build(tmp_path, T.Recipe.quick(), progress=False)
+    assert report["teacher_words_one_token"] and report["teacher_colour_word_cosine"] < 0.5
+    for name in ("stable-diffusion", "clip-scorer"):
+        assert (tmp_path / name / "DONE").exists()
+    pipe = StableDiffusionPipeline.from_pretrained(str(tmp_path / "stable-diffusion"))
+    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
+    image = pipe("a red circle", num_inference_steps=2, output_type="np").images[0]
+    assert image.shape == (world.IMAGE_SIZE, world.IMAGE_SIZE, 3)
+    CLIPModel.from_pretrained(str(tmp_path / "clip-scorer"))
+    CLIPProcessor.from_pretrained(str(tmp_path / "clip-scorer"))
+
+
+def test_the_teacher_reads_world_words_whole_korean_as_bytes_and_keeps_colours_apart():
+    tokenizer = T.teacher_tokenizer()
+    assert all(len(tokenizer.tokenize(word)) == 1 for word in world.english_vocabulary())
+    assert len(tokenizer.tokenize("빨간")) == len("빨간".encode())  # Korean falls into byte pieces
+    assert T.word_separation(T.teacher_encoder(tokenizer), tokenizer) < 0.5
+    # a value path as strong as the old tiny teacher's blurs the colour word into the running average
+    blurred = T.teacher_encoder(tokenizer)
+    with torch.no_grad():
+        for layer in blurred.encoder.layers:
+            layer.self_attn.v_proj.weight.mul_(10.0)
+            layer.self_attn.out_proj.weight.mul_(10.0)
+    assert T.word_separation(blurred, tokenizer) > 0.8
+
+
+def test_the_committed_teacher_is_the_one_the_builder_makes():
+    """The UNet was trained on this exact encoder; a drifted builder would no longer rebuild it."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    sd = Path(kd.resolve("tiny/stable-diffusion"))
+    committed = CLIPTextModel.from_pretrained(str(sd), subfolder="text_encoder")
+    tokenizer = CLIPTokenizer.from_pretrained(str(sd), subfolder="tokenizer")
+    assert tokenizer.get_vocab() == T.teacher_tokenizer().get_vocab()
+    rebuilt = T.teacher_encoder(tokenizer).state_dict()
+    assert all(torch.equal(value, rebuilt[key]) for key, value in committed.state_dict().items())
+
+
+def test_the_committed_build_met_its_vae_target():
+    report = json.loads((T.ASSETS / "build.json").read_text())
+    assert min(report["vae_reconstruction_accuracy"].values()) >= 0.95, report["vae_reconstruction_accuracy"]
+    sizes = sum(p.stat().st_size for p in T.ASSETS.rglob("*") if p.is_file())
+    assert sizes <= 30 * 1024 ** 2, f"committed toy-world weights are {sizes / 1024 ** 2:.1f} MB"
+
+
+@pytest.fixture(scope="module")
+def teacher_scores():
+    return T.evaluate(kd.get_profile("tiny"))
+
+
+def test_the_toy_sd_draws_what_english_asks(teacher_scores):
+    """The issue's targets, with a margin of 5 points: one image of 48 is 2 (the README gives the measured values)."""
+    for name, target in TARGET_EN.items():
+        assert teacher_scores["teacher_en"][name] >= target - 0.05, teacher_scores["teacher_en"]
+        assert teacher_scores["teacher_en_held_out"][name] >= target - 0.1, teacher_scores["teacher_en_held_out"]
+
+
+def test_the_toy_sd_does_not_understand_korean(teacher_scores):
+    """The problem the course solves: Korean prompts land near chance."""
+    for name, chance in CHANCE.items():
+        assert teacher_scores["teacher_ko"][name] <= chance + 0.25, teacher_scores["teacher_ko"]
+        assert teacher_scores["teacher_ko"][name] < teacher_scores["teacher_en"][name] - 0.3
