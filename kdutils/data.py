@@ -51,9 +51,44 @@ def read_bundled() -> list[dict]:
     return read_jsonl(BUNDLED_PAIRS)
 
 
-def read_eval_prompts() -> list[dict]:
-    """Korean prompts with English references, grouped by ``category``."""
-    return read_jsonl(EVAL_PROMPTS)
+TOYWORLD_PAIRS = {"train": 3000, "val": 300, "test": 300}  # caption pairs of the toy world per split
+
+
+def read_toyworld(sizes: dict[str, int] = TOYWORLD_PAIRS, seed: int = 0) -> list[dict]:
+    """The toy world's Korean captions with their English translations (``kdutils.world``), with splits.
+
+    Training captions never describe a held-out combination of colour, shape
+    and position; val and test include every held-out one, so their scores say
+    whether a student composes meaning or recalls sentences.
+    """
+    from . import world
+
+    rows = []
+    for offset, (split, n) in enumerate(sizes.items()):
+        pairs = world.caption_pairs(n, seed + offset, "train" if split == "train" else "eval", translate=True)
+        rows += [{"ko": p["ko"], "en": p["en"], "id": f"world-{split}-{i}",
+                  "category": "world (held out)" if p["held_out"] else "world", "split": split}
+                 for i, p in enumerate(pairs)]
+    return rows
+
+
+def read_eval_prompts(source: str = "bundled") -> list[dict]:
+    """Korean prompts with English references, grouped by ``category``.
+
+    For ``source="toyworld"`` (the tiny profile's data) they are the toy
+    world's fixed captions of ``toymodels.eval_scenes()``, each with its
+    ``scene`` so that images can be read back: category ``held out`` (no
+    Korean training caption describes that combination) or ``seen``.
+    Otherwise the course's 72 general prompts.
+    """
+    if source != "toyworld":
+        return read_jsonl(EVAL_PROMPTS)
+    from . import world
+    from .toymodels import eval_scenes
+
+    return [{"id": f"w{i:03d}", "category": "held out" if world.is_held_out(scene) else "seen",
+             "ko": world.canonical_ko(scene), "en": world.canonical_en(scene), "scene": scene.to_dict()}
+            for i, scene in enumerate(eval_scenes())]
 
 
 def hangul_share(texts: Iterable[str | None]) -> float:
@@ -68,7 +103,9 @@ def load_pairs(source: str | Path, *, ko_col: str | None = None, en_col: str | N
                encoding: str | None = None, sheet: str | int | None = None, seed: int = 0):
     """Load Korean-English pairs as a ``datasets.Dataset`` with columns ``ko``, ``en``, ``source``.
 
-    ``source`` is ``"bundled"``, a file or folder of files, or a hub dataset id
+    ``source`` is ``"bundled"`` (the course's 733 pairs), ``"toyworld"`` (those
+    plus the toy world's caption translations, see ``read_toyworld``), a file
+    or folder of files, or a hub dataset id
     (``config``/``split`` as in ``load_dataset``; with ``limit`` the set is
     streamed, shuffled in a buffer and cut, never loaded whole). Columns are
     detected from known names and the Korean side is checked by its Hangul share.
@@ -82,11 +119,13 @@ def load_pairs(source: str | Path, *, ko_col: str | None = None, en_col: str | N
     """
     from datasets import Dataset
 
-    if str(source) == "bundled":
-        rows = read_bundled()
+    if str(source) in ("bundled", "toyworld"):
+        rows = [{**r, "source": "bundled"} for r in read_bundled()]
+        if str(source) == "toyworld":
+            rows += [{**r, "source": "toyworld"} for r in read_toyworld(seed=seed)]
         if limit is not None:
             rows = rows[:limit]
-        return Dataset.from_list([{"ko": r["ko"], "en": r["en"], "source": "bundled", "id": r["id"],
+        return Dataset.from_list([{"ko": r["ko"], "en": r["en"], "source": r["source"], "id": r["id"],
                                    "category": r["category"], "split": r["split"]} for r in rows])
     path = Path(source).expanduser()
     if path.exists():

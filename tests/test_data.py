@@ -615,3 +615,34 @@ def test_unquoted_delimiter_in_a_cell_says_to_quote_it(tmp_path):
     with pytest.raises(ValueError, match=r"hand-written.csv line 2 has 3 cells but the header has 2; "
                                          r"put cells that contain ',' in double quotes"):
         data.load_pairs(path)
+
+
+def test_the_toy_world_source_adds_translated_captions_and_keeps_held_out_combinations_out_of_training():
+    from kdutils import world
+
+    ds = data.load_pairs("toyworld")
+    rows = ds.to_list()
+    assert sum(r["source"] == "bundled" for r in rows) == len(data.read_bundled())
+    toy = [r for r in rows if r["source"] == "toyworld"]
+    assert sum(r["split"] == "train" for r in toy) == data.TOYWORLD_PAIRS["train"]
+    held_out_korean = {text for scene in world.all_scenes() if world.is_held_out(scene)
+                       for text in world.every_caption(scene, "ko")}
+    assert not {r["ko"] for r in toy if r["split"] == "train"} & held_out_korean
+    for split in ("val", "test"):  # every held-out combination can be scored
+        assert any(r["ko"] in held_out_korean for r in toy if r["split"] == split)
+    # each English side is the translation of its Korean side, so the English word order follows from the Korean
+    ko_to_en = {}
+    for r in toy:
+        assert ko_to_en.setdefault(r["ko"], r["en"]) == r["en"], r["ko"]
+
+
+def test_the_toy_world_eval_prompts_say_what_each_image_should_show():
+    from kdutils import world
+
+    prompts = data.read_eval_prompts("toyworld")
+    assert len(prompts) == 48 and sum(p["category"] == "held out" for p in prompts) == 24
+    for p in prompts:
+        scene = world.Scene.from_dict(p["scene"])
+        assert (p["ko"], p["en"]) == (world.canonical_ko(scene), world.canonical_en(scene))
+        assert (p["category"] == "held out") == world.is_held_out(scene)
+    assert data.read_eval_prompts() == data.read_eval_prompts("bundled") and len(data.read_eval_prompts()) == 72
