@@ -22,7 +22,7 @@ def test_two_processes_train_a_valid_checkpoint_close_to_one_process(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     out = tmp_path / "two" / "distill" / "roberta"
     two = json.loads((out / "metrics.json").read_text())
-    assert two["num_processes"] == 2 and two["history"][-1]["num_pairs"] == 69  # every val pair, once
+    assert two["num_processes"] == 2
     assert sorted(p.name for p in out.iterdir()) == ["best", "history.csv", "last", "metrics.json", "train_log.csv"]
     from transformers import AutoModel
 
@@ -30,6 +30,7 @@ def test_two_processes_train_a_valid_checkpoint_close_to_one_process(tmp_path):
 
     cfg = kd.get_profile("tiny", num_epochs=4, eval_every=10, output_dir=str(tmp_path / "one"))
     splits = kd.data.prepare_splits(cfg)
+    assert two["history"][-1]["num_pairs"] == len(splits["val"])  # every val pair, once
     one = D.distill(cfg, "roberta", splits, progress=False)
     per_process = len(splits["train"]) // 2  # each process sees its half of every epoch
     assert two["total_steps"] == math.ceil(per_process / cfg.batch_size) * cfg.num_epochs

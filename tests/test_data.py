@@ -410,7 +410,8 @@ def test_fingerprint_changes_with_the_pairs():
 # ----------------------------------------------------------- prepare_splits
 @pytest.fixture
 def tiny_cfg(tmp_path):
-    return kdutils.get_profile("tiny", output_dir=str(tmp_path))
+    """The tiny profile on the bundled corpus alone (its default, "toyworld", adds the toy world's captions)."""
+    return kdutils.get_profile("tiny", output_dir=str(tmp_path), data_source="bundled")
 
 
 def read_info(cfg):

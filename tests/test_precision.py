@@ -165,11 +165,10 @@ def test_a_bf16_student_exports_and_reloads_with_plain_diffusers(setting, tmp_pa
 def test_distillation_notebooks_pass_with_bf16_forced(tmp_path):
     """What a GPU user runs, on the CPU: notebooks 03-05 under nbval with KDSD_MIXED_PRECISION=bf16.
 
-    Two epochs instead of the profile's eight keep the suite within its time budget: this checks the precision
-    path and the notebooks' assertions under it (which hold from the first evaluation on), not how long training runs.
+    With the profile's full training: shortened to two epochs, the sequence student no longer carries colours
+    into images well enough for 05's claim, so a shorter run would test a different claim.
     """
-    env = {**os.environ, "KDSD_MIXED_PRECISION": "bf16", "KDSD_NUM_EPOCHS": "2",
-           "KDSD_OUTPUT_DIR": str(tmp_path / "outputs")}
+    env = {**os.environ, "KDSD_MIXED_PRECISION": "bf16", "KDSD_OUTPUT_DIR": str(tmp_path / "outputs")}
     notebooks = [str(ROOT / "notebooks" / name) for name in
                  ("03_distill_clip.ipynb", "04_distill_roberta.ipynb", "05_distill_roberta_pooler.ipynb")]
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(ROOT),
