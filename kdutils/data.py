@@ -76,7 +76,7 @@ def read_eval_prompts(source: str = "bundled") -> list[dict]:
     """Korean prompts with English references, grouped by ``category``.
 
     For ``source="toyworld"`` (the tiny profile's data) they are the toy
-    world's fixed captions of ``toymodels.eval_scenes()``, each with its
+    world's fixed captions of ``world.eval_scenes()``, each with its
     ``scene`` so that images can be read back: category ``held out`` (no
     Korean training caption describes that combination) or ``seen``.
     Otherwise the course's 72 general prompts.
@@ -84,11 +84,10 @@ def read_eval_prompts(source: str = "bundled") -> list[dict]:
     if source != "toyworld":
         return read_jsonl(EVAL_PROMPTS)
     from . import world
-    from .toymodels import eval_scenes
 
     return [{"id": f"w{i:03d}", "category": "held out" if world.is_held_out(scene) else "seen",
              "ko": world.canonical_ko(scene), "en": world.canonical_en(scene), "scene": scene.to_dict()}
-            for i, scene in enumerate(eval_scenes())]
+            for i, scene in enumerate(world.eval_scenes())]
 
 
 def hangul_share(texts: Iterable[str | None]) -> float:

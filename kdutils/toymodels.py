@@ -417,14 +417,6 @@ def attribute_accuracy(images: list, scenes: list) -> dict[str, float]:
             for name in ("colour", "shape", "position")}
 
 
-def eval_scenes() -> list:
-    """The scenes ``evaluate`` draws: every held-out combination plus as many others, both sizes."""
-    held = [s for s in world.all_scenes() if world.is_held_out(s)]
-    rng = np.random.default_rng(7)
-    others = [s for s in world.all_scenes() if not world.is_held_out(s)]
-    return held + [others[i] for i in rng.permutation(len(others))[:len(held)]]
-
-
 def generate_for(pipe, prompts: list[str], cfg, seed: int = 0) -> list:
     from .pipeline import fixed_latents, generate
 
@@ -443,7 +435,7 @@ def evaluate(cfg, pipes: dict | None = None, scenes: list | None = None, languag
     """
     from .pipeline import load_sd_pipeline
 
-    scenes = scenes or eval_scenes()
+    scenes = scenes or world.eval_scenes()
     pipes = pipes or {"teacher": load_sd_pipeline(cfg)}
     held = [world.is_held_out(s) for s in scenes]
     results = {"scenes": len(scenes), "held_out_scenes": int(sum(held)),

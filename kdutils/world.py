@@ -174,6 +174,14 @@ def train_scenes() -> list[Scene]:
     return [s for s in all_scenes() if not is_held_out(s)]
 
 
+def eval_scenes() -> list[Scene]:
+    """The 48 scenes the course measures on: every held-out combination plus as many others, both sizes."""
+    held = [s for s in all_scenes() if is_held_out(s)]
+    rng = np.random.default_rng(7)
+    others = [s for s in all_scenes() if not is_held_out(s)]
+    return held + [others[i] for i in rng.permutation(len(others))[:len(held)]]
+
+
 # ------------------------------------------------------------------ captions
 # Each caption is a template filled with one option per slot. Listing every
 # option makes the captions enumerable: the vocabulary and the tests use that.

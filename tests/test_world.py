@@ -229,3 +229,11 @@ def test_translated_pairs_follow_the_korean_sentence():
         assert bool(mentioned(pair["ko"], KO_WORDS["size"], "ko")) == bool(mentioned(pair["en"], EN_WORDS["size"], "en"))
     # the English side is a function of the Korean sentence
     assert len({(p["ko"], p["en"]) for p in pairs}) == len({p["ko"] for p in pairs})
+
+
+def test_the_measured_scenes_are_every_held_out_combination_and_as_many_seen_ones():
+    scenes = world.eval_scenes()
+    held = [s for s in scenes if world.is_held_out(s)]
+    assert len(scenes) == 48 and len(set(scenes)) == 48 and len(held) == 24
+    assert {s.triple for s in held} == set(world.HELD_OUT)
+    assert scenes == world.eval_scenes()  # the same scenes in every run and notebook
