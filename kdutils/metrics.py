@@ -1,4 +1,4 @@
-"""Embedding and image metrics: masked pooling, cosine, retrieval, PSNR."""
+"""Embedding and image metrics: masked pooling, cosine, retrieval, PSNR, CLIP score and reranking."""
 
 from __future__ import annotations
 
@@ -86,3 +86,20 @@ def image_similarity(processor, model, images_a, images_b) -> list[float]:
     if len(images_a) != len(images_b):
         raise ValueError(f"need paired images: {len(images_a)} vs {len(images_b)}")
     return (image_embeddings(processor, model, images_a) * image_embeddings(processor, model, images_b)).sum(-1).tolist()
+
+
+def rerank(processor, model, images, text: str) -> tuple[list[int], list[float]]:
+    """Order candidate ``images`` for one ``text`` by CLIP score, best first: ``(order, scores)``.
+
+    DALL-E's reranking: sample many images for a prompt and keep the ones a
+    contrastive model matches best with it. ``scores[i]`` is image ``i``'s
+    CLIP score; ``order[:k]`` are the indices of the top ``k`` (ties keep
+    their original order). Score with a model other than the text encoder
+    the images were drawn with.
+    """
+    images = list(images)
+    if not images:
+        raise ValueError("rerank needs at least one candidate image")
+    scores = clip_score(processor, model, images, [text] * len(images))
+    order = sorted(range(len(images)), key=lambda i: -scores[i])
+    return order, scores

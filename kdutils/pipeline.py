@@ -4,7 +4,9 @@
 place of CLIP; ``export_pipeline`` saves the result as a folder that plain
 ``StableDiffusionPipeline.from_pretrained`` loads. ``fixed_latents`` and
 ``generate`` make images from the same starting noise, so that differences
-between encoders come from the text alone.
+between encoders come from the text alone. ``img2img_pipeline`` and ``img2img``
+start from a picture instead, sharing the loaded components; ``unet_calls``
+records what the sampler asked the UNet.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from .tiny import resolve
 
 SCHEDULERS = {
     "PNDM (SD v1.4 default)": ("PNDMScheduler", {}),
-    "DDIM": ("DDIMScheduler", {}),
+    # SD's DDIM must not clip the predicted x0 to [-1, 1] (a pixel-space default); latents are not pixels
+    "DDIM": ("DDIMScheduler", {"clip_sample": False}),
     "Euler": ("EulerDiscreteScheduler", {}),
     "Euler ancestral": ("EulerAncestralDiscreteScheduler", {}),
     "DPM++ 2M": ("DPMSolverMultistepScheduler", {}),
@@ -215,3 +218,69 @@ def generate(pipe, prompts: list[str], latents: torch.Tensor, *, negative_prompt
             warnings.warn("the safety checker blacked out some images", stacklevel=2)
         images.extend(result.images)
     return images
+
+
+@contextmanager
+def unet_calls(pipe):
+    """Record the batch size of every UNet call made inside the block: ``with unet_calls(pipe) as calls: ...``.
+
+    Shows what a sampler does: one entry per step, of twice the image count
+    when classifier-free guidance runs the prompt and the negative (or empty)
+    prompt together.
+    """
+    calls: list[int] = []
+
+    def record(module, args, kwargs):
+        calls.append(len(args[0] if args else kwargs["sample"]))
+
+    handle = pipe.unet.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+def img2img_pipeline(pipe):
+    """A ``StableDiffusionImg2ImgPipeline`` that shares every component of ``pipe`` (nothing is loaded again).
+
+    Swapping its scheduler (``set_scheduler``) leaves ``pipe``'s own untouched.
+    """
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    with quiet_encoder_swap():
+        i2i = StableDiffusionImg2ImgPipeline(**pipe.components,
+                                             requires_safety_checker=pipe.config.requires_safety_checker)
+    return i2i
+
+
+def img2img(pipe, prompts: list[str], images: list, *, strength: float, negative_prompt: str | None = None,
+            num_inference_steps: int = 50, guidance_scale: float = 7.5, batch_size: int = 4, seed: int = 0,
+            progress: bool = False) -> list:
+    """Images for ``prompts`` that start from ``images`` (one per prompt) noised to ``strength``, in batches.
+
+    ``pipe`` is an img2img pipeline (``img2img_pipeline``). The VAE's sample and
+    the added noise come from a CPU generator seeded per batch, so the same
+    inputs give the same images on every device.
+    """
+    from tqdm.auto import tqdm
+
+    prompts, images = list(prompts), list(images)
+    if len(images) != len(prompts):
+        raise ValueError(f"need one starting image per prompt: {len(prompts)} prompts, {len(images)} images")
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength={strength} is outside (0, 1]: it is the share of the steps that are run")
+    pipe.set_progress_bar_config(disable=True)
+    out = []
+    starts = range(0, len(prompts), batch_size)
+    for start in tqdm(starts, desc=f"img2img strength {strength}", disable=not progress or len(starts) == 1):
+        part = prompts[start:start + batch_size]
+        kwargs = dict(image=images[start:start + batch_size], strength=strength,
+                      num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                      generator=torch.Generator("cpu").manual_seed(seed + start))
+        if negative_prompt is not None:
+            kwargs["negative_prompt"] = [negative_prompt] * len(part)
+        result = pipe(part, **kwargs)
+        if getattr(result, "nsfw_content_detected", None) and any(result.nsfw_content_detected):
+            warnings.warn("the safety checker blacked out some images", stacklevel=2)
+        out.extend(result.images)
+    return out

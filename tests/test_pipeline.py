@@ -172,3 +172,54 @@ def test_the_course_loads_its_korean_pipelines_without_the_known_encoder_notice(
     assert seen_plain == 1
     assert "Expected types for text_encoder" not in caplog.text
     assert "another warning" in caplog.text, "only the one known notice is hidden"
+
+
+def test_ddim_keeps_latents_unclipped(pipe):
+    """DDIMScheduler's default clips the predicted x0 to [-1, 1], which is meant for pixels, not SD latents."""
+    P.set_scheduler(pipe, "DDIM")
+    assert pipe.scheduler.config.clip_sample is False
+    P.set_scheduler(pipe, "PNDM (SD v1.4 default)")
+
+
+def test_unet_calls_records_one_call_per_timestep_doubled_by_guidance(cfg, pipe):
+    latents = P.fixed_latents(pipe, cfg, 2)
+    with P.unet_calls(pipe) as guided:
+        P.generate(pipe, ["빨간 원", "파란 네모"], latents, num_inference_steps=3, guidance_scale=4.0)
+    assert len(guided) == len(pipe.scheduler.timesteps) and set(guided) == {4}
+    with P.unet_calls(pipe) as plain:
+        P.generate(pipe, ["빨간 원", "파란 네모"], latents, num_inference_steps=3, guidance_scale=1.0)
+    assert set(plain) == {2} and len(plain) == len(guided)
+    P.generate(pipe, ["빨간 원"], latents[:1], num_inference_steps=2)
+    assert set(plain) == {2} and len(plain) == len(guided), "the hook is gone after the block"
+
+
+def test_img2img_shares_the_components_and_runs_the_strength_share_of_the_steps(cfg, pipe):
+    i2i = P.img2img_pipeline(pipe)
+    assert i2i.unet is pipe.unet and i2i.vae is pipe.vae and i2i.text_encoder is pipe.text_encoder
+    before = pipe.scheduler
+    P.set_scheduler(i2i, "DDIM")
+    assert pipe.scheduler is before, "swapping the img2img scheduler leaves the text-to-image pipeline alone"
+    start = [kd.world.render(kd.world.Scene("circle", "red", "left", "large"))] * 2
+    prompts = ["오른쪽에 있는 작은 파란 사각형", "가운데에 있는 큰 초록색 삼각형"]
+    with P.unet_calls(i2i) as calls:
+        images = P.img2img(i2i, prompts, start, strength=0.5, num_inference_steps=4)
+    assert len(calls) == int(4 * 0.5) and images[0].size == (cfg.image_size, cfg.image_size)
+    again = P.img2img(i2i, prompts, start, strength=0.5, num_inference_steps=4)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(images, again))
+    with pytest.raises(ValueError, match="strength=0"):
+        P.img2img(i2i, prompts, start, strength=0.0)
+    with pytest.raises(ValueError, match="one starting image per prompt"):
+        P.img2img(i2i, prompts, start[:1], strength=0.5)
+
+
+def test_rerank_puts_the_picture_that_matches_the_caption_first(cfg):
+    processor, scorer = M.load_scorer(cfg)
+    scenes = [kd.world.Scene("square", "blue", "right", "large"), kd.world.Scene("circle", "red", "left", "large"),
+              kd.world.Scene("triangle", "yellow", "top", "large")]
+    images = [kd.world.render(scene) for scene in scenes]
+    order, scores = M.rerank(processor, scorer, images, kd.world.canonical_en(scenes[1]))
+    assert order[0] == 1 and sorted(order) == [0, 1, 2]
+    assert [scores[i] for i in order] == sorted(scores, reverse=True)
+    assert scores == M.clip_score(processor, scorer, images, [kd.world.canonical_en(scenes[1])] * 3)
+    with pytest.raises(ValueError, match="at least one candidate"):
+        M.rerank(processor, scorer, [], "a red circle")
