@@ -11,13 +11,13 @@ import logging
 import os
 import random
 
-from . import data, distill, metrics, pipeline, plots, toymodels, world
+from . import data, distill, metrics, pipeline, plots, report, toymodels, world
 from .models import EXPERIMENTS, count_parameters, load_student, load_teacher, load_tokenizers
 from .profiles import PROFILES, Profile, get_profile
 from .tiny import resolve
 
 __all__ = ["EXPERIMENTS", "PROFILES", "Profile", "count_parameters", "data", "distill", "metrics", "pipeline", "load_student", "toymodels", "world",
-           "load_teacher", "load_tokenizers", "get_profile", "plots", "resolve", "seed_everything", "setup"]
+           "load_teacher", "load_tokenizers", "get_profile", "plots", "report", "resolve", "seed_everything", "setup"]
 __version__ = "0.1.0"
 
 # There is no CPU build of torchvision; transformers then falls back to PIL

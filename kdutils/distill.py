@@ -7,10 +7,17 @@ by classifier-free guidance. The student is called exactly as diffusers'
 ``encode_prompt`` calls a text encoder, so what it learns is what the
 pipeline gets. Training runs under Hugging Face Accelerate: mixed precision on
 CUDA, fp32 on CPU, and data parallel under ``accelerate launch``.
+
+Reading order: one step (``student_loss``, ``update``, ``distill_step``),
+evaluation, then ``distill``, whose loop calls named pieces for setup
+(``setup_run``), batches (``TrainData.batch``), evaluation and checkpoints
+(``evaluate_and_checkpoint``, ``save_last``, ``resume_state``) and the end
+(``finish``). Tables that put runs next to the study live in ``kdutils.report``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -19,6 +26,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,13 +35,6 @@ from .models import EXPERIMENTS, load_student, load_teacher
 from .metrics import masked_mean, retrieval_accuracy
 
 TARGETS = {"clip": "sequence", "roberta": "sequence", "roberta_pooler": "pooled"}
-
-# The study's lowest validation losses as it logged them (its numbers, its scale).
-STUDY_RESULTS = {
-    "clip": {"val_loss": 0.5647, "mse_en": 0.0694, "mse_ko": 0.4954},
-    "roberta": {"val_loss": 0.9631, "mse_en": 0.4643, "mse_ko": 0.4988},
-    "roberta_pooler": {"val_loss": 1.0813, "mse_en": 0.5319, "mse_ko": 0.5494},
-}
 
 
 # ----------------------------------------------------------------- encoding
@@ -125,12 +126,13 @@ def student_loss(student, accelerator, ids, mask, target_batch, target: str, emp
                  empty_weight: float = 0.0, width: int | None = None):
     """The forward half of a step: ``(loss, loss_en, loss_ko)``, with the graph, for a batch ``[en; ko; ""]``.
 
-    ``width`` (from ``step_width``) drops trailing padding columns.
+    ``width`` (from ``step_width``) drops trailing padding columns. ``accelerator=None``
+    runs in fp32 without autocast (notebook 03 checks its hand-written step against this).
     """
     b = len(target_batch)
     if width is not None:
         ids, mask = ids[:, :width], mask[:, :width]
-    with accelerator.autocast():
+    with accelerator.autocast() if accelerator is not None else contextlib.nullcontext():
         out = encode(student, ids, mask)
         s = out.pooler_output if target == "pooled" else out[0]
         loss, loss_en, loss_ko = distill_loss(s, target_batch, b)
@@ -271,7 +273,7 @@ def _evaluate(student, data: EvalData, target: str, device, batch_size: int, acc
     return metrics
 
 
-# ----------------------------------------------------------------- training
+# ------------------------------------ results, optimizer, precision, checkpoints
 @dataclass
 class DistillResult:
     """Where a run wrote its checkpoints and what it measured."""
@@ -417,6 +419,246 @@ def save_checkpoint(folder: Path, student, tokenizer, meta: dict, state: dict | 
     return folder
 
 
+@dataclass
+class TrainState:
+    """What changes as a run goes: its step, the best validation loss so far and the logs.
+
+    ``last/`` keeps it (with the weights, optimizer, schedule and random
+    generators), so a resumed run ends where an uninterrupted one ends.
+    """
+
+    step: int = 0
+    best_val: float = math.inf
+    best_step: int = -1
+    history: list[dict] = field(default_factory=list)
+    train_log: list[dict] = field(default_factory=list)
+
+
+# ------------------------------------------------------------ training data
+@dataclass
+class TrainData:
+    """The training pairs tokenised once for both models, and the teacher's targets that do not change.
+
+    Token counts stay on the host, so ``step_width`` never waits for the GPU.
+    ``cached`` holds the teacher's target for every pair, or is ``None``
+    (then each step runs the teacher on its batch).
+    """
+
+    teacher_en: Tokens
+    student_en: Tokens
+    student_ko: Tokens
+    student_empty: Tokens
+    empty_target: torch.Tensor
+    cached: torch.Tensor | None
+    lengths: dict[str, torch.Tensor]
+
+    def __len__(self) -> int:
+        return len(self.student_en)
+
+    def batch(self, teacher, student, target: str, idx: torch.Tensor, idx_on_device: torch.Tensor):
+        """One step's inputs for the pairs ``idx``: ``(ids, mask, target_batch, width)``.
+
+        The student's rows are laid out ``[en; ko; ""]`` for one forward pass;
+        ``idx_on_device`` is ``idx`` on the device, to index tensors there.
+        """
+        device = idx_on_device.device
+        if self.cached is None:
+            width = step_width(teacher, target, self.lengths["teacher"][idx])
+            target_batch = teacher_batch(teacher, self.teacher_en.ids[idx_on_device], target, width)
+        elif self.cached.device.type == device.type:
+            target_batch = self.cached[idx_on_device]
+        else:  # a cache too large for the GPU: gather on the host into pinned memory, copy asynchronously
+            target_batch = self.cached[idx].pin_memory().to(device, non_blocking=True)
+        en, ko, empty = self.student_en, self.student_ko, self.student_empty
+        ids = torch.cat([en.ids[idx_on_device], ko.ids[idx_on_device], empty.ids])
+        mask = torch.cat([en.mask[idx_on_device], ko.mask[idx_on_device], empty.mask])
+        width = step_width(student, target, self.lengths["en"][idx], self.lengths["ko"][idx], self.lengths["empty"])
+        return ids, mask, target_batch, width
+
+
+def prepare_train(teacher, teacher_tokenizer, student_tokenizer, train, target: str, device, max_length: int,
+                  cache_teacher: bool | None = None) -> TrainData:
+    """Tokenise the training pairs for both models and compute the teacher's fixed targets.
+
+    ``cache_teacher=None`` caches the teacher's outputs for every pair when
+    they fit in 2 GB of host memory. On a GPU the ids (and a cache of up to
+    2 GB) move there, so a step copies nothing from the host.
+    """
+    device = torch.device(device)
+    teacher_en = tokenize(teacher_tokenizer, train["en"], max_length)
+    student_en = tokenize(student_tokenizer, train["en"], max_length)
+    student_ko = tokenize(student_tokenizer, train["ko"], max_length)
+    student_empty = tokenize(student_tokenizer, [""], max_length)
+    empty_seq, empty_pooled = teacher_targets(teacher, tokenize(teacher_tokenizer, [""], max_length), device)
+    empty_target = (empty_pooled if target == "pooled" else empty_seq).to(device)
+    lengths = {"teacher": teacher_en.mask.sum(1), "en": student_en.mask.sum(1), "ko": student_ko.mask.sum(1),
+               "empty": student_empty.mask.sum(1)}
+    bytes_per_pair = (teacher.config.hidden_size * (max_length if target == "sequence" else 1)
+                      * torch.finfo(teacher.dtype).bits // 8)
+    if cache_teacher is None:
+        cache_teacher = len(train) * bytes_per_pair <= 2 * 1024 ** 3
+    cached = None
+    if cache_teacher:
+        seq, pooled = teacher_targets(teacher, teacher_en, device)
+        cached = pooled if target == "pooled" else seq
+        if device.type == "cuda" and cached.numel() * cached.element_size() <= 2 * 1024 ** 3:
+            cached = cached.to(device)
+    if device.type == "cuda":  # the ids are small: keep them on the GPU
+        for tokens in (teacher_en, student_en, student_ko, student_empty):
+            tokens.ids, tokens.mask = tokens.ids.to(device), tokens.mask.to(device)
+    return TrainData(teacher_en, student_en, student_ko, student_empty, empty_target, cached, lengths)
+
+
+def epoch_order(num_pairs: int, epoch: int, seed: int, world: int = 1, rank: int = 0) -> torch.Tensor:
+    """This process's pair indices for ``epoch``: a permutation from the seed alone, so resume is exact.
+
+    Each of the ``world`` processes takes every ``world``-th pair of the same
+    permutation (the remainder that does not divide evenly is left out).
+    """
+    perm = torch.randperm(num_pairs, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    return perm[: num_pairs // world * world][rank::world]
+
+
+def trainable_pairs(train, student_tokenizer, max_length: int, experiment: str, say: bool = True):
+    """The training pairs without those that the student's tokenizer would cut at ``max_length``.
+
+    A cut sentence is not a pair to learn from. Cleaning already filtered by
+    the Korean student's tokenizer; the CLIP student reads Korean as byte
+    pieces and loses more. Val/test keep every pair (cut as the pipeline cuts).
+    """
+    from .data import overlong
+
+    too_long = overlong(student_tokenizer, train, max_length)
+    if not any(too_long):
+        return train
+    if say:
+        print(f"{experiment}: {sum(too_long)} of {len(too_long):,} training pairs have a side over {max_length} "
+              f"tokens of this student's tokenizer and are left out (val/test keep them, cut as the pipeline cuts)")
+    return train.select([i for i, cut in enumerate(too_long) if not cut])
+
+
+# -------------------------------------------------------------------- setup
+@dataclass
+class Run:
+    """Everything a training run sets up before its first step (``setup_run``); the loop only reads it."""
+
+    cfg: Any
+    experiment: str
+    target: str
+    accelerator: Any
+    out: Path
+    teacher: torch.nn.Module
+    teacher_tokenizer: Any
+    student: torch.nn.Module  # as Accelerate prepared it (wrapped for data parallel under accelerate launch)
+    raw_student: torch.nn.Module  # the plain model: evaluated, saved and handed back, always in fp32
+    student_tokenizer: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    data: TrainData
+    val: EvalData
+    steps_per_epoch: int
+    total_steps: int
+    meta: dict  # written with every checkpoint and into metrics.json
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def best_dir(self) -> Path:
+        return self.out / "best"
+
+    @property
+    def last_dir(self) -> Path:
+        return self.out / "last"
+
+    def describe(self) -> str:
+        precision = self.meta["mixed_precision"]
+        return (f"{self.experiment}: {self.meta['train_pairs']:,} pairs, {self.total_steps} steps on "
+                f"{self.meta['num_processes']} process(es), device {self.device.type}, student autocast "
+                f"{precision if precision != 'no' else 'off (fp32)'}, teacher {self.meta['teacher_dtype']}, "
+                f"evaluation in fp32")
+
+
+def check_inputs(experiment: str, splits) -> None:
+    """Fail early, saying what to do, on an unknown experiment or a missing train/val split."""
+    if experiment not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {experiment!r}; choose one of {EXPERIMENTS}")
+    for name in ("train", "val"):
+        if name not in splits or len(splits[name]) == 0:
+            raise ValueError(f"the {name!r} split is empty or missing; prepare data with kd.data.prepare_splits(cfg)")
+
+
+def setup_models(cfg, experiment: str, device, models: tuple | None = None) -> tuple:
+    """``(teacher_tokenizer, teacher, student_tokenizer, student)``, loaded for ``experiment`` or the caller's.
+
+    The frozen teacher ends up on ``device`` in ``teacher_dtype`` (fp16 on
+    CUDA); the student's width must match it, since the UNet reads that width.
+    """
+    half = teacher_dtype(device)
+    if models is None:
+        teacher_tokenizer, teacher = load_teacher(cfg, device=device, dtype=half)
+        student_tokenizer, student = load_student(cfg, experiment, teacher.config.hidden_size)
+        return teacher_tokenizer, teacher, student_tokenizer, student
+    teacher_tokenizer, teacher, student_tokenizer, student = models
+    teacher.requires_grad_(False).eval().to(device, half)
+    if student.config.hidden_size != teacher.config.hidden_size:
+        raise ValueError(f"student hidden size {student.config.hidden_size} != teacher hidden size "
+                         f"{teacher.config.hidden_size}")
+    return models
+
+
+def setup_run(cfg, experiment: str, splits, *, models: tuple | None = None, val: EvalData | None = None,
+              output_dir: str | Path | None = None, cache_teacher: bool | None = None) -> Run:
+    """Everything before the first step: accelerator and precision, models, data, optimizer and schedule."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    from . import seed_everything
+    from .data import fingerprint
+
+    check_inputs(experiment, splits)
+    target = TARGETS[experiment]
+    precision = mixed_precision(cfg.torch_device, cfg.mixed_precision)
+    accelerator = make_accelerator(cfg.torch_device, precision)
+    device = accelerator.device
+    seed_everything(cfg.seed)
+    out = Path(output_dir) if output_dir else Path(cfg.output_dir) / "distill" / experiment
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+    teacher_tokenizer, teacher, student_tokenizer, student = setup_models(cfg, experiment, device, models)
+    seed_everything(cfg.seed)  # the same state however the models arrived
+    student.to(device).train()
+
+    train = trainable_pairs(splits["train"], student_tokenizer, cfg.max_length, experiment,
+                            say=accelerator.is_main_process)
+    data = prepare_train(teacher, teacher_tokenizer, student_tokenizer, train, target, device, cfg.max_length,
+                         cache_teacher)
+    if val is None:
+        val = prepare_eval(teacher, teacher_tokenizer, student_tokenizer, splits["val"], device, cfg.max_length)
+    world = accelerator.num_processes
+    steps_per_epoch = math.ceil(len(train) // world / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.num_epochs
+    optimizer = make_optimizer(student, target, cfg.lr, cfg.weight_decay, device)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+    student, optimizer = accelerator.prepare(student, optimizer)
+    # Accelerate wraps the student's forward in autocast, and that wrapper would stay on the caller's model.
+    # student_loss autocasts the training forward itself, so drop the wrapper: evaluation and the student
+    # handed back run in fp32 whatever the training precision.
+    raw_student = accelerator.unwrap_model(student, keep_fp32_wrapper=False)
+    meta = {"profile": cfg.name, "experiment": experiment, "target": target, "teacher": cfg.sd_id,
+            "student": cfg.sd_id if experiment == "clip" else cfg.student_id,
+            "data_fingerprint": fingerprint(splits), "total_steps": total_steps,
+            "num_processes": world, "train_pairs": len(train), "mixed_precision": precision,
+            "teacher_dtype": str(teacher_dtype(device)).removeprefix("torch."), "seed": cfg.seed}
+    return Run(cfg, experiment, target, accelerator, out, teacher, teacher_tokenizer, student, raw_student,
+               student_tokenizer, optimizer, scheduler, data, val, steps_per_epoch, total_steps, meta)
+
+
+# --------------------------------------------------------------- the loop
 def distill(cfg, experiment: str, splits, *, models: tuple | None = None, val: EvalData | None = None,
             output_dir: str | Path | None = None, resume: bool = False, stop_after: int | None = None,
             cache_teacher: bool | None = None, log_every: int = 10, progress: bool = True) -> DistillResult:
@@ -436,196 +678,136 @@ def distill(cfg, experiment: str, splits, *, models: tuple | None = None, val: E
     wrapper, so measuring it afterwards compares with the metrics here.
     """
     from tqdm.auto import tqdm
-    from transformers import get_cosine_schedule_with_warmup
 
-    from . import seed_everything
-    from .data import fingerprint, overlong
-
-    if experiment not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment {experiment!r}; choose one of {EXPERIMENTS}")
-    for name in ("train", "val"):
-        if name not in splits or len(splits[name]) == 0:
-            raise ValueError(f"the {name!r} split is empty or missing; prepare data with kd.data.prepare_splits(cfg)")
-    target = TARGETS[experiment]
-    precision = mixed_precision(cfg.torch_device, cfg.mixed_precision)
-    accelerator = make_accelerator(cfg.torch_device, precision)
-    device = accelerator.device
-    seed_everything(cfg.seed)
-    out = Path(output_dir) if output_dir else Path(cfg.output_dir) / "distill" / experiment
-    main = accelerator.is_main_process
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-
-    half = teacher_dtype(device)
-    if models is None:
-        teacher_tokenizer, teacher = load_teacher(cfg, device=device, dtype=half)
-        student_tokenizer, student = load_student(cfg, experiment, teacher.config.hidden_size)
-    else:
-        teacher_tokenizer, teacher, student_tokenizer, student = models
-        teacher.requires_grad_(False).eval().to(device, half)
-        if student.config.hidden_size != teacher.config.hidden_size:
-            raise ValueError(f"student hidden size {student.config.hidden_size} != teacher hidden size "
-                             f"{teacher.config.hidden_size}")
-    seed_everything(cfg.seed)  # the same state however the models arrived
-    student.to(device).train()
-
-    # A side that the student's tokenizer would cut at max_length is not a pair to learn from. Cleaning already
-    # filtered by the Korean student's tokenizer; the CLIP student reads Korean as byte pieces and loses more.
-    train = splits["train"]
-    too_long = overlong(student_tokenizer, train, cfg.max_length)
-    if any(too_long):
-        train = train.select([i for i, cut in enumerate(too_long) if not cut])
-        if main:
-            print(f"{experiment}: {sum(too_long)} of {len(too_long):,} training pairs have a side over {cfg.max_length} "
-                  f"tokens of this student's tokenizer and are left out (val/test keep them, cut as the pipeline cuts)")
-    # pre-tokenised tensors: tokenisation never runs inside the loop
-    teacher_train = tokenize(teacher_tokenizer, train["en"], cfg.max_length)
-    student_en = tokenize(student_tokenizer, train["en"], cfg.max_length)
-    student_ko = tokenize(student_tokenizer, train["ko"], cfg.max_length)
-    if val is None:
-        val = prepare_eval(teacher, teacher_tokenizer, student_tokenizer, splits["val"], device, cfg.max_length)
-    empty_student = tokenize(student_tokenizer, [""], cfg.max_length)
-    empty_seq, empty_pooled = teacher_targets(teacher, tokenize(teacher_tokenizer, [""], cfg.max_length), device)
-    empty_target = (empty_pooled if target == "pooled" else empty_seq).to(device)
-    bytes_per_pair = (teacher.config.hidden_size * (cfg.max_length if target == "sequence" else 1)
-                      * torch.finfo(half).bits // 8)
-    if cache_teacher is None:  # cache when it fits in 2 GB of host memory
-        cache_teacher = len(train) * bytes_per_pair <= 2 * 1024 ** 3
-    on_gpu = device.type == "cuda"
-    # token counts stay on the host: step_width reads them without waiting for the GPU
-    lengths_en, lengths_ko = student_en.mask.sum(1), student_ko.mask.sum(1)
-    lengths_empty = empty_student.mask.sum(1)
-    lengths_teacher = teacher_train.mask.sum(1)
-    cached = None
-    if cache_teacher:
-        seq, pooled = teacher_targets(teacher, teacher_train, device)
-        cached = pooled if target == "pooled" else seq
-        if on_gpu and cached.numel() * cached.element_size() <= 2 * 1024 ** 3:
-            cached = cached.to(device)
-    if on_gpu:  # the ids are small: keep them on the GPU, so a step copies nothing from the host
-        for tokens in (teacher_train, student_en, student_ko, empty_student):
-            tokens.ids, tokens.mask = tokens.ids.to(device), tokens.mask.to(device)
-
-    world, rank = accelerator.num_processes, accelerator.process_index
-    per_process = len(train) // world
-    steps_per_epoch = math.ceil(per_process / cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.num_epochs
-    optimizer = make_optimizer(student, target, cfg.lr, cfg.weight_decay, device)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
-    student, optimizer = accelerator.prepare(student, optimizer)
-    # Accelerate wraps the student's forward in autocast, and that wrapper would stay on the caller's model.
-    # student_loss autocasts the training forward itself, so drop the wrapper: evaluation and the student
-    # handed back run in fp32 whatever the training precision.
-    raw_student = accelerator.unwrap_model(student, keep_fp32_wrapper=False)
-
-    meta_base = {"profile": cfg.name, "experiment": experiment, "target": target, "teacher": cfg.sd_id,
-                 "student": cfg.sd_id if experiment == "clip" else cfg.student_id,
-                 "data_fingerprint": fingerprint(splits), "total_steps": total_steps,
-                 "num_processes": world, "train_pairs": len(train), "mixed_precision": precision,
-                 "teacher_dtype": str(half).removeprefix("torch."), "seed": cfg.seed}
-    if main and progress:
-        print(f"{experiment}: {len(train):,} pairs, {total_steps} steps on {world} process(es), device {device.type}, "
-              f"student autocast {precision if precision != 'no' else 'off (fp32)'}, teacher {meta_base['teacher_dtype']}, "
-              f"evaluation in fp32")
-    start_step, best_val, best_step, history, train_log = 0, math.inf, -1, [], []
-    last_dir, best_dir = out / "last", out / "best"
-    if resume and (last_dir / "training_state.pt").exists():
-        state = torch.load(last_dir / "training_state.pt", weights_only=False)
-        from safetensors.torch import load_file
-
-        raw_student.load_state_dict(load_file(str(last_dir / "model.safetensors")))
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_step, best_val, best_step = state["step"], state["best_val"], state["best_step"]
-        history, train_log = state["history"], state["train_log"]
-        _set_rng_state(state["rng"])
-        if main:
-            print(f"resumed from {last_dir} at step {start_step}/{total_steps}")
-
-    def save_last(step: int) -> None:
-        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                 "best_val": best_val, "best_step": best_step, "history": history, "train_log": train_log,
-                 "rng": _rng_state()}
-        save_checkpoint(last_dir, raw_student, student_tokenizer, {**meta_base, "step": step}, state)
-
-    if start_step == 0:  # the untrained student, so curves and "loss falls" start from it
-        metrics = evaluate(raw_student, val, target, device, accelerator=accelerator)
-        history.append({**metrics, "step": 0, "epoch": 0.0, "seconds": 0.0})
-    empty_weight = cfg.empty_prompt_weight
-    running = torch.zeros(3, device=device)
-    running_steps = 0
-    bar = tqdm(range(start_step, total_steps), initial=start_step, total=total_steps, desc=experiment,
-               disable=not (progress and main), unit="step")
-    perm_epoch, shard = -1, None
+    run = setup_run(cfg, experiment, splits, models=models, val=val, output_dir=output_dir,
+                    cache_teacher=cache_teacher)
+    if progress and run.main:
+        print(run.describe())
+    state = resume_state(run) if resume else TrainState()
+    if state.step == 0:  # the untrained student, so curves and "loss falls" start from it
+        state.history.append({**measure(run), "step": 0, "epoch": 0.0, "seconds": 0.0})
+    world, rank = run.accelerator.num_processes, run.accelerator.process_index
+    running, running_steps, order_epoch = torch.zeros(3, device=run.device), 0, -1
+    bar = tqdm(range(state.step, run.total_steps), initial=state.step, total=run.total_steps, desc=experiment,
+               disable=not (progress and run.main), unit="step")
     started = time.perf_counter()
     for step in bar:
-        epoch, i = divmod(step, steps_per_epoch)
-        if epoch != perm_epoch:  # a fresh permutation per epoch, from the seed alone (so resume is exact)
-            perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
-            shard, perm_epoch = perm[: per_process * world][rank::world], epoch
-            shard_on_device = shard.to(device)
-        idx = shard[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-        tok = shard_on_device[i * cfg.batch_size:(i + 1) * cfg.batch_size]  # indexes tensors on the device
-        if cached is None:
-            target_batch = teacher_batch(teacher, teacher_train.ids[tok], target,
-                                         step_width(teacher, target, lengths_teacher[idx]))
-        elif cached.device.type == device.type:
-            target_batch = cached[tok]
-        else:  # a cache too large for the GPU: gather on the host into pinned memory, copy asynchronously
-            target_batch = cached[idx].pin_memory().to(device, non_blocking=True)
-        ids = torch.cat([student_en.ids[tok], student_ko.ids[tok], empty_student.ids])
-        mask = torch.cat([student_en.mask[tok], student_ko.mask[tok], empty_student.mask])
-        width = step_width(student, target, lengths_en[idx], lengths_ko[idx], lengths_empty)
-        running += distill_step(student, optimizer, scheduler, accelerator, ids, mask, target_batch, target,
-                                empty_target, empty_weight, cfg.grad_clip, width)
+        epoch, i = divmod(step, run.steps_per_epoch)
+        if epoch != order_epoch:
+            order, order_epoch = epoch_order(len(run.data), epoch, cfg.seed, world, rank), epoch
+            order_on_device = order.to(run.device)
+        rows = slice(i * cfg.batch_size, (i + 1) * cfg.batch_size)
+        ids, mask, target_batch, width = run.data.batch(run.teacher, run.student, run.target, order[rows],
+                                                        order_on_device[rows])
+        running += distill_step(run.student, run.optimizer, run.scheduler, run.accelerator, ids, mask, target_batch,
+                                run.target, run.data.empty_target, cfg.empty_prompt_weight, cfg.grad_clip, width)
         running_steps += 1
-        done = step + 1
-        if done % log_every == 0 or done == total_steps:  # the only host sync of the loop
-            mean = (accelerator.reduce(running, reduction="mean") / running_steps).tolist()
-            train_log.append({"step": done, "epoch": done / steps_per_epoch, "loss": 100 * mean[0],
-                              "loss_en": 100 * mean[1], "loss_ko": 100 * mean[2], "lr": scheduler.get_last_lr()[0]})
-            bar.set_postfix(loss=f"{100 * mean[0]:.3f}")
+        state.step = step + 1
+        if state.step % log_every == 0 or state.step == run.total_steps:  # the only host sync of the loop
+            bar.set_postfix(loss=f"{log_losses(run, state, running, running_steps):.3f}")
             running.zero_()
             running_steps = 0
-        if done % cfg.eval_every == 0 or done == total_steps:
-            metrics = evaluate(raw_student, val, target, device, accelerator=accelerator)
-            metrics.update(step=done, epoch=round(done / steps_per_epoch, 3),
-                           seconds=round(time.perf_counter() - started, 1))
-            history.append(metrics)
-            if metrics["val_loss"] < best_val:
-                best_val, best_step = metrics["val_loss"], done
-                if main:
-                    save_checkpoint(best_dir, raw_student, student_tokenizer,
-                                    {**meta_base, "step": done, "metrics": metrics})
-            if main:
-                save_last(done)
-        if stop_after is not None and done >= stop_after and done < total_steps:
-            if main:
-                save_last(done)
+        if state.step % cfg.eval_every == 0 or state.step == run.total_steps:
+            evaluate_and_checkpoint(run, state, seconds=time.perf_counter() - started)
+        if stop_after is not None and stop_after <= state.step < run.total_steps:
+            if run.main:
+                save_last(run, state)
             bar.close()
-            return DistillResult(out, best_dir, best_step, best_val, history, train_log, finished=False)
+            return DistillResult(run.out, run.best_dir, state.best_step, state.best_val, state.history,
+                                 state.train_log, finished=False)
     bar.close()
-    accelerator.wait_for_everyone()
+    run.accelerator.wait_for_everyone()
+    return finish(run, state, splits)
 
-    # score the best checkpoint on the test split
+
+# ------------------------------------------- evaluation, checkpoints, reports
+def measure(run: Run) -> dict[str, float]:
+    """The student's validation metrics now (fp32, all processes together)."""
+    return evaluate(run.raw_student, run.val, run.target, run.device, accelerator=run.accelerator)
+
+
+def log_losses(run: Run, state: TrainState, running: torch.Tensor, num_steps: int) -> float:
+    """Average the summed ``(loss, loss_en, loss_ko)`` of the last ``num_steps`` steps over steps and
+    processes into ``train_log`` (x100).
+
+    The one place the loop waits for the device. Returns the loss for the progress bar.
+    """
+    mean = (run.accelerator.reduce(running, reduction="mean") / num_steps).tolist()
+    loss, loss_en, loss_ko = (100 * x for x in mean)
+    state.train_log.append({"step": state.step, "epoch": state.step / run.steps_per_epoch, "loss": loss,
+                            "loss_en": loss_en, "loss_ko": loss_ko, "lr": run.scheduler.get_last_lr()[0]})
+    return loss
+
+
+def evaluate_and_checkpoint(run: Run, state: TrainState, seconds: float) -> dict[str, float]:
+    """Measure on val; save ``best/`` if this is the lowest val loss so far, and ``last/`` in any case."""
+    metrics = measure(run)
+    metrics.update(step=state.step, epoch=round(state.step / run.steps_per_epoch, 3), seconds=round(seconds, 1))
+    state.history.append(metrics)
+    if metrics["val_loss"] < state.best_val:
+        state.best_val, state.best_step = metrics["val_loss"], state.step
+        if run.main:
+            save_checkpoint(run.best_dir, run.raw_student, run.student_tokenizer,
+                            {**run.meta, "step": state.step, "metrics": metrics})
+    if run.main:
+        save_last(run, state)
+    return metrics
+
+
+def save_last(run: Run, state: TrainState) -> None:
+    """Write ``last/``: the weights and everything a resumed run needs to continue bit for bit."""
+    training_state = {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+                      "step": state.step, "best_val": state.best_val, "best_step": state.best_step,
+                      "history": state.history, "train_log": state.train_log, "rng": _rng_state()}
+    save_checkpoint(run.last_dir, run.raw_student, run.student_tokenizer, {**run.meta, "step": state.step},
+                    training_state)
+
+
+def resume_state(run: Run) -> TrainState:
+    """Load ``last/`` into the run's student, optimizer, schedule and random generators (a fresh state if none)."""
     from safetensors.torch import load_file
 
-    raw_student.load_state_dict(load_file(str(best_dir / "model.safetensors")))
-    test = prepare_eval(teacher, teacher_tokenizer, student_tokenizer, splits["test"], device, cfg.max_length) \
-        if "test" in splits and len(splits["test"]) else None
+    path = run.last_dir / "training_state.pt"
+    if not path.exists():
+        return TrainState()
+    saved = torch.load(path, weights_only=False)
+    run.raw_student.load_state_dict(load_file(str(run.last_dir / "model.safetensors")))
+    run.optimizer.load_state_dict(saved["optimizer"])
+    run.scheduler.load_state_dict(saved["scheduler"])
+    _set_rng_state(saved["rng"])
+    if run.main:
+        print(f"resumed from {run.last_dir} at step {saved['step']}/{run.total_steps}")
+    return TrainState(saved["step"], saved["best_val"], saved["best_step"], saved["history"], saved["train_log"])
+
+
+def finish(run: Run, state: TrainState, splits) -> DistillResult:
+    """Load ``best/`` back into the student, score it on the test split, and write the run's report."""
+    from safetensors.torch import load_file
+
+    run.raw_student.load_state_dict(load_file(str(run.best_dir / "model.safetensors")))
     test_metrics = None
-    if test is not None:
-        test_metrics = evaluate(raw_student, test, target, device, accelerator=accelerator)
-    result = DistillResult(out, best_dir, best_step, best_val, history, train_log, test_metrics)
-    if main:
-        summary = {**meta_base, "best_step": best_step, "best_val_loss": best_val, "best_dir": str(best_dir),
-                   "test": test_metrics, "history": history, "train_log": train_log}
-        (out / "metrics.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-        _write_csv(out / "history.csv", history)
-        _write_csv(out / "train_log.csv", train_log)
+    if "test" in splits and len(splits["test"]):
+        test = prepare_eval(run.teacher, run.teacher_tokenizer, run.student_tokenizer, splits["test"], run.device,
+                            run.cfg.max_length)
+        test_metrics = evaluate(run.raw_student, test, run.target, run.device, accelerator=run.accelerator)
+    result = DistillResult(run.out, run.best_dir, state.best_step, state.best_val, state.history, state.train_log,
+                           test_metrics)
+    if run.main:
+        write_report(run, result)
     return result
 
 
+def write_report(run: Run, result: DistillResult) -> None:
+    """``metrics.json`` (what later notebooks and ``load_metrics`` read), ``history.csv`` and ``train_log.csv``."""
+    summary = {**run.meta, "best_step": result.best_step, "best_val_loss": result.best_val_loss,
+               "best_dir": str(result.best_dir), "test": result.test_metrics, "history": result.history,
+               "train_log": result.train_log}
+    (run.out / "metrics.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    _write_csv(run.out / "history.csv", result.history)
+    _write_csv(run.out / "train_log.csv", result.train_log)
+
+
+# -------------------------------------------------------------- finished runs
 def _write_csv(path: Path, rows: list[dict]) -> None:
     import csv
 
@@ -646,33 +828,6 @@ def load_metrics(cfg, experiment: str) -> dict:
     metrics = json.loads(path.read_text(encoding="utf-8"))
     metrics["best_dir"] = str(path.parent / "best")  # where it is now, even if outputs/ moved
     return metrics
-
-
-def compare_experiments(cfg):
-    """Every experiment trained so far in this profile next to the study's logged losses.
-
-    All MSE values are x100 (the study logged plain ``nn.MSELoss`` values, so
-    its numbers are multiplied by 100 here). ``val_loss``/``mse_en``/``mse_ko``
-    are validation values at the best step; ``test_*`` columns score that
-    checkpoint on the test split.
-    """
-    import pandas as pd
-
-    rows = []
-    for experiment in EXPERIMENTS:
-        try:
-            m = load_metrics(cfg, experiment)
-        except FileNotFoundError:
-            continue
-        best = next(h for h in m["history"] if h["step"] == m["best_step"])
-        t = m["test"] or {}
-        rows.append({"experiment": experiment, "source": f"this course ({cfg.name})", "best_step": m["best_step"],
-                     "val_loss": best["val_loss"], "mse_en": best["mse_en"], "mse_ko": best["mse_ko"],
-                     **{f"test_{k}": t.get(k) for k in ("seq_mse_ko", "cos_ko", "r1_ko2en", "empty_mse")}})
-    for experiment, study in STUDY_RESULTS.items():
-        rows.append({"experiment": experiment, "source": "study (its logged valid loss)",
-                     **{k: 100 * v for k, v in study.items()}})
-    return pd.DataFrame(rows).set_index(["experiment", "source"]).sort_index()
 
 
 def ensure_trained(cfg, experiment: str, *, train_missing: bool = True) -> Path | None:

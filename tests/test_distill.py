@@ -164,7 +164,7 @@ def test_comparison_table_uses_one_unit_and_says_which_split(tmp_path):
     test = {"seq_mse_ko": 17.0, "cos_ko": 0.8, "r1_ko2en": 0.1, "empty_mse": 2.0}
     (folder / "metrics.json").write_text(json.dumps({"best_step": 10, "best_val_loss": 30.0, "best_dir": "/moved",
                                                      "history": history, "test": test}))
-    table = D.compare_experiments(cfg)
+    table = kd.report.compare_experiments(cfg)
     ours = table.loc[("roberta", "this course (tiny)")]
     assert (ours["val_loss"], ours["mse_en"], ours["mse_ko"], ours["test_r1_ko2en"]) == (30.0, 14.0, 16.0, 0.1)
     study = table.loc[("roberta", "study (its logged valid loss)")]
@@ -223,3 +223,43 @@ def test_checkpoint_saves_print_no_shard_bar_and_leave_the_bar_setting_alone(cfg
     assert "Writing model shards" not in capfd.readouterr().err, "one bar per evaluation would flood the log"
     assert hf_logging.is_progress_bar_enabled(), "the caller's progress-bar setting is restored"
     assert (tmp_path / "best" / "model.safetensors").exists()
+
+
+def test_epoch_order_is_a_seeded_permutation_split_evenly_across_processes():
+    order = D.epoch_order(10, epoch=0, seed=1)
+    assert sorted(order.tolist()) == list(range(10)) and torch.equal(order, D.epoch_order(10, 0, 1))
+    assert not torch.equal(order, D.epoch_order(10, 1, 1)), "a fresh order every epoch"
+    halves = [D.epoch_order(11, 0, 1, world=2, rank=rank) for rank in (0, 1)]
+    assert len(halves[0]) == len(halves[1]) == 5 and not set(halves[0].tolist()) & set(halves[1].tolist())
+
+
+def test_a_training_batch_is_en_ko_empty_and_its_loss_is_the_studys(cfg, small_splits):
+    """What the loop feeds distill_step, checked against tokenising and encoding the pairs directly."""
+    import torch.nn.functional as F
+
+    teacher_tokenizer, teacher = load_teacher(cfg, device="cpu")
+    student_tokenizer, student = load_student(cfg, "roberta")
+    student.eval()  # no dropout, so separate forward passes agree with the stacked one
+    train = small_splits["train"]
+    cached = D.prepare_train(teacher, teacher_tokenizer, student_tokenizer, train, "sequence", "cpu", 77)
+    fresh = D.prepare_train(teacher, teacher_tokenizer, student_tokenizer, train, "sequence", "cpu", 77,
+                            cache_teacher=False)
+    assert cached.cached is not None and fresh.cached is None
+    idx = torch.tensor([3, 0, 5])
+    ids, mask, target_batch, width = cached.batch(teacher, student, "sequence", idx, idx)
+    assert torch.allclose(target_batch, fresh.batch(teacher, student, "sequence", idx, idx)[2], atol=1e-6)
+    en = D.tokenize(student_tokenizer, [train[i]["en"] for i in idx.tolist()])
+    ko = D.tokenize(student_tokenizer, [train[i]["ko"] for i in idx.tolist()])
+    empty = D.tokenize(student_tokenizer, [""])
+    assert width is None and torch.equal(ids, torch.cat([en.ids, ko.ids, empty.ids]))
+    assert torch.equal(mask, torch.cat([en.mask, ko.mask, empty.mask]))
+    teacher_en = D.tokenize(teacher_tokenizer, [train[i]["en"] for i in idx.tolist()])
+    assert torch.allclose(target_batch, D.teacher_batch(teacher, teacher_en.ids, "sequence"), atol=1e-6)
+    loss, loss_en, loss_ko = D.student_loss(student, None, ids, mask, target_batch, "sequence",
+                                            cached.empty_target, empty_weight=0.5)
+    with torch.no_grad():
+        s_en, s_ko, s_empty = (D.encode(student, t.ids, t.mask)[0] for t in (en, ko, empty))
+    assert loss_en.item() == pytest.approx(F.mse_loss(s_en, target_batch).item(), rel=1e-5)
+    assert loss_ko.item() == pytest.approx(F.mse_loss(s_ko, target_batch).item(), rel=1e-5)
+    empty_term = F.mse_loss(s_empty, cached.empty_target).item()
+    assert loss.item() == pytest.approx(loss_en.item() + loss_ko.item() + 0.5 * empty_term, rel=1e-5)
