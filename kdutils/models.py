@@ -1,6 +1,12 @@
-"""Loading the teacher and the students, and counting parameters."""
+"""Loading the teacher and the students, counting parameters, and finding students trained elsewhere."""
 
 from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
 
 from .tiny import resolve
 
@@ -65,3 +71,119 @@ def load_student(cfg, experiment: str, teacher_hidden_size: int | None = None):
             f"(klue/roberta-small has 768, like SD v1's CLIP)"
         )
     return student_tokenizer, student
+
+
+# ------------------------------------------------------- students kept elsewhere
+STUDENT_ENV_PREFIX = "KDSD_STUDENT_"
+# What a student download skips when the source is an exported pipeline: SD's own parts, which the profile loads.
+_NOT_THE_STUDENT = ["unet/*", "vae/*", "safety_checker/*", "feature_extractor/*", "*.ckpt", "*.pt", "*.msgpack",
+                    "*.h5", "*.onnx"]
+
+
+def student_env_var(experiment: str) -> str:
+    """The environment variable that names where an experiment's trained student lives: ``KDSD_STUDENT_ROBERTA`` etc."""
+    if experiment not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {experiment!r}; choose one of {EXPERIMENTS}")
+    return STUDENT_ENV_PREFIX + experiment.upper()
+
+
+def trained_student_source(cfg, experiment: str, source: str | None = None) -> Path | None:
+    """The student checkpoint folder the user keeps for ``experiment``, or None if they named none.
+
+    ``source`` (else the environment variable ``KDSD_STUDENT_<EXPERIMENT>``) is
+    a local folder or a hub repo id (``OWNER/NAME``, fetched with
+    ``huggingface_hub.snapshot_download``). It may hold a ``best/`` checkpoint
+    that ``kd.distill`` wrote, the run folder around one, or a pipeline that
+    ``python -m kdutils export`` wrote (then the student is read from its
+    ``text_encoder/`` and ``tokenizer/``). This lets a class load students a
+    teacher trained once, instead of retraining them in every fresh Colab
+    runtime. A folder that holds no student of this experiment and teacher
+    raises an error and is left as it was.
+    """
+    var = student_env_var(experiment)
+    from_env = source is None
+    source = (os.environ.get(var, "") if from_env else source).strip()
+    if not source:
+        return None
+    where = f"{var}={source}" if from_env else f"source={source!r}"
+    path = Path(source).expanduser()
+    if path.exists():
+        folder = path
+    elif looks_like_repo_id(source):
+        folder = _download_student(source, where)
+    else:
+        raise FileNotFoundError(f"{where}: no such folder, and not a hub repo id (OWNER/NAME); "
+                                f"give the best/ folder of a trained student or the repo a teacher pushed it to")
+    return _checkpoint_in(cfg, experiment, folder, where)
+
+
+def looks_like_repo_id(text: str) -> bool:
+    """True for a hub repo id written ``OWNER/NAME``."""
+    return re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*", text) is not None
+
+
+def _download_student(repo_id: str, where: str) -> Path:
+    """The hub repo's files, less SD's UNet, VAE and safety checker, in the hub cache."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, ignore_patterns=_NOT_THE_STUDENT))
+    except Exception as err:  # offline, unknown repo, private repo without a token: say which and what to do
+        raise FileNotFoundError(f"{where}: could not download {repo_id!r} from the Hugging Face hub "
+                                f"({type(err).__name__}: {err}); check the id, log in (`hf auth login`) for a "
+                                f"private repo, or give a local folder instead") from err
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _checkpoint_in(cfg, experiment: str, folder: Path, where: str) -> Path:
+    """``folder`` as a checkpoint that ``kd.pipeline.load_trained_student`` reads, after checking what it holds."""
+    if (folder / "kdsd_meta.json").is_file():
+        checkpoint, meta = folder, _read_json(folder / "kdsd_meta.json")
+    elif (folder / "best" / "kdsd_meta.json").is_file():  # the run folder, e.g. outputs/class/distill/roberta
+        checkpoint, meta = folder / "best", _read_json(folder / "best" / "kdsd_meta.json")
+    elif (folder / "kdsd_export.json").is_file() and (folder / "text_encoder").is_dir():
+        meta = {k: v for k, v in _read_json(folder / "kdsd_export.json").items()
+                if k not in ("sd", "student_checkpoint")}
+        checkpoint = None
+    else:
+        raise FileNotFoundError(
+            f"{where}: {folder} holds no trained student (no kdsd_meta.json, no best/kdsd_meta.json, no "
+            f"kdsd_export.json); give the best/ folder that kd.distill or `python -m kdutils train` wrote, "
+            f"or a pipeline folder that `python -m kdutils export` wrote. Nothing was changed.")
+    found = meta.get("experiment")
+    if found != experiment:
+        hint = f"; set {student_env_var(found)} to it instead" if found in EXPERIMENTS else ""
+        raise ValueError(f"{where}: {folder} holds a student of experiment {found!r}, not {experiment!r}{hint}")
+    if meta.get("teacher") != cfg.sd_id:
+        raise ValueError(f"{where}: this student was distilled from {meta.get('teacher')!r}'s text encoder, but "
+                         f"profile {cfg.name!r} draws with {cfg.sd_id!r}; use a student of this profile's teacher "
+                         f"or the profile it was trained in (its meta says profile {meta.get('profile')!r})")
+    if checkpoint is None:
+        checkpoint = _student_of_export(cfg, folder, meta)
+    return checkpoint
+
+
+def _student_of_export(cfg, folder: Path, meta: dict) -> Path:
+    """An exported pipeline's student as one checkpoint folder (links to its files, under the output folder).
+
+    The exported folder itself is only read.
+    """
+    import hashlib
+
+    key = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:12]
+    view = cfg.out("students", f"{meta['experiment']}-{key}")
+    for old in view.iterdir():
+        old.unlink()
+    for part in ("text_encoder", "tokenizer"):
+        for file in sorted((folder / part).iterdir()):
+            if file.is_file():
+                try:
+                    (view / file.name).symlink_to(file.resolve())
+                except OSError:  # no symlinks (e.g. Windows without developer mode): copy
+                    shutil.copy2(file, view / file.name)
+    (view / "kdsd_meta.json").write_text(json.dumps({**meta, "exported_pipeline": str(folder)}, indent=2,
+                                                    ensure_ascii=False) + "\n", encoding="utf-8")
+    return view

@@ -1,0 +1,152 @@
+"""Students kept outside a runtime: KDSD_STUDENT_<EXPERIMENT> names a folder or a hub repo, checked before use."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import kdutils as kd
+from kdutils import distill as D
+from kdutils import pipeline as P
+from kdutils.models import student_env_var, trained_student_source
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory):
+    return kd.get_profile("tiny", output_dir=str(tmp_path_factory.mktemp("students")))
+
+
+@pytest.fixture(scope="module")
+def student_dir(cfg, tmp_path_factory):
+    """A roberta student checkpoint as kd.distill writes it, under a run folder as on a teacher's Drive."""
+    tokenizer, student = kd.load_student(cfg, "roberta")
+    with torch.no_grad():  # not the fresh weights, so a round trip cannot pass by rebuilding them
+        student.embeddings.word_embeddings.weight.add_(0.5)
+    meta = {"profile": "tiny", "experiment": "roberta", "target": "sequence", "teacher": cfg.sd_id, "step": 7}
+    run = tmp_path_factory.mktemp("drive") / "distill" / "roberta"
+    return D.save_checkpoint(run / "best", student, tokenizer, meta)
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for experiment in kd.EXPERIMENTS:
+        monkeypatch.delenv(student_env_var(experiment), raising=False)
+    return monkeypatch
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _same_weights(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_the_variable_names_follow_the_experiments():
+    assert [student_env_var(e) for e in kd.EXPERIMENTS] == [
+        "KDSD_STUDENT_CLIP", "KDSD_STUDENT_ROBERTA", "KDSD_STUDENT_ROBERTA_POOLER"]
+    with pytest.raises(ValueError, match="unknown experiment 'bert'"):
+        student_env_var("bert")
+
+
+def test_nothing_named_means_none(cfg, clean_env):
+    assert trained_student_source(cfg, "roberta") is None
+    clean_env.setenv("KDSD_STUDENT_ROBERTA", "  ")
+    assert trained_student_source(cfg, "roberta") is None
+
+
+def test_a_checkpoint_folder_from_the_environment_loads_as_trained(cfg, student_dir, clean_env):
+    clean_env.setenv("KDSD_STUDENT_ROBERTA", str(student_dir))
+    assert trained_student_source(cfg, "roberta") == student_dir
+    assert trained_student_source(cfg, "clip") is None, "each experiment has its own variable"
+    _, student, meta = P.load_trained_student(trained_student_source(cfg, "roberta"))
+    assert meta["step"] == 7
+    _, saved = kd.load_student(cfg, "roberta")
+    assert not _same_weights(student, saved), "the trained weights, not a fresh student"
+
+
+def test_the_run_folder_around_best_is_accepted_and_an_argument_wins(cfg, student_dir, clean_env):
+    clean_env.setenv("KDSD_STUDENT_ROBERTA", "/no/such/folder")
+    assert trained_student_source(cfg, "roberta", source=str(student_dir.parent)) == student_dir
+
+
+def test_a_folder_without_a_student_fails_clearly_and_is_left_alone(cfg, tmp_path, clean_env):
+    (tmp_path / "notes.txt").write_text("my homework")
+    (tmp_path / "config.json").write_text("{}")
+    before = _files(tmp_path)
+    clean_env.setenv("KDSD_STUDENT_ROBERTA", str(tmp_path))
+    with pytest.raises(FileNotFoundError) as err:
+        trained_student_source(cfg, "roberta")
+    message = str(err.value)
+    assert f"KDSD_STUDENT_ROBERTA={tmp_path}" in message and "no kdsd_meta.json" in message
+    assert "best/ folder" in message and "Nothing was changed" in message
+    assert _files(tmp_path) == before
+
+
+@pytest.mark.parametrize("source", ["/no/such/folder", "not a repo id", "a/b/c"])
+def test_a_missing_folder_that_is_no_repo_id_fails_without_the_network(cfg, clean_env, source, no_network):
+    with pytest.raises(FileNotFoundError, match="no such folder, and not a hub repo id"):
+        trained_student_source(cfg, "roberta", source=source)
+
+
+def test_a_student_of_another_experiment_or_teacher_is_refused(cfg, student_dir, clean_env):
+    clean_env.setenv("KDSD_STUDENT_CLIP", str(student_dir))
+    with pytest.raises(ValueError, match="experiment 'roberta', not 'clip'; set KDSD_STUDENT_ROBERTA to it instead"):
+        trained_student_source(cfg, "clip")
+    class_cfg = kd.get_profile("class", output_dir=cfg.output_dir)
+    with pytest.raises(ValueError, match="distilled from 'tiny/stable-diffusion'.*draws with 'CompVis"):
+        trained_student_source(class_cfg, "roberta", source=str(student_dir))
+
+
+def test_a_hub_id_is_downloaded_without_sd_and_checked(cfg, student_dir, clean_env, tmp_path, monkeypatch, no_network):
+    import huggingface_hub
+
+    calls = []
+
+    def fake_snapshot_download(repo_id, **kwargs):
+        calls.append((repo_id, kwargs))
+        snapshot = tmp_path / "hub" / repo_id.replace("/", "--")
+        shutil.copytree(student_dir, snapshot)
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    clean_env.setenv("KDSD_STUDENT_ROBERTA", "a-teacher/kd-roberta")
+    folder = trained_student_source(cfg, "roberta")
+    assert folder == tmp_path / "hub" / "a-teacher--kd-roberta"
+    (repo_id, kwargs), = calls
+    assert repo_id == "a-teacher/kd-roberta"
+    assert {"unet/*", "vae/*", "safety_checker/*"} <= set(kwargs["ignore_patterns"]), "SD's parts are not fetched"
+    _, student, _ = P.load_trained_student(folder)
+    _, original, _ = P.load_trained_student(student_dir)
+    assert _same_weights(student, original)
+
+
+def test_a_failed_download_says_what_to_do(cfg, clean_env, monkeypatch):
+    import huggingface_hub
+
+    def offline(repo_id, **kwargs):
+        raise OSError("offline mode is enabled")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    clean_env.setenv("KDSD_STUDENT_CLIP", "a-teacher/kd-clip")
+    with pytest.raises(FileNotFoundError) as err:
+        trained_student_source(cfg, "clip")
+    message = str(err.value)
+    assert "KDSD_STUDENT_CLIP=a-teacher/kd-clip" in message and "could not download 'a-teacher/kd-clip'" in message
+    assert "offline mode is enabled" in message and "hf auth login" in message
+
+
+def test_an_exported_pipeline_gives_back_its_student(cfg, student_dir, clean_env, tmp_path):
+    exported = P.export_pipeline(cfg, student_dir, tmp_path / "exported")
+    before = _files(exported)
+    folder = trained_student_source(cfg, "roberta", source=str(exported))
+    assert folder.parent == Path(cfg.output_dir) / "students", "the view lives in the output folder"
+    tokenizer, student, meta = P.load_trained_student(folder)
+    original_tokenizer, original, _ = P.load_trained_student(student_dir)
+    assert _same_weights(student, original)
+    assert tokenizer("한복을 입은 여자").input_ids == original_tokenizer("한복을 입은 여자").input_ids
+    assert (meta["experiment"], meta["step"], meta["exported_pipeline"]) == ("roberta", 7, str(exported))
+    assert _files(exported) == before, "the exported folder is only read"
+    assert trained_student_source(cfg, "roberta", source=str(exported)) == folder, "asking again reuses the view"
