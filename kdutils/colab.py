@@ -6,6 +6,9 @@ setup cells, and the README's badges, spell the repository out. ``REPO`` and
 ``python -m kdutils colab --repo OWNER/NAME`` rewrites every such link (and
 these two constants) for a teacher's fork, and a test checks that the files
 agree with the constants.
+
+``use_drive`` keeps a Colab session's outputs (trained students above all) in
+Google Drive, so that a fresh runtime finds them instead of training again.
 """
 
 from __future__ import annotations
@@ -130,3 +133,35 @@ def repoint(repo: str, branch: str = BRANCH, root: Path = ROOT) -> dict[Path, li
             path.write_text(new_text, encoding="utf-8")
             changed[path] = changes
     return changed
+
+
+DRIVE_MOUNT = "/content/drive"
+
+
+def use_drive(profile: str | None = None, folder: str = "kdsd-outputs", *, mount_point: str = DRIVE_MOUNT) -> str:
+    """Mount Google Drive on Colab and return an output folder in it: ``kd.setup(output_dir=use_drive())``.
+
+    Opt-in: a Colab runtime forgets its disk when it ends, Drive does not, so
+    students trained in 03-05 are still there for 06-09 in the next session.
+    The folder is ``MyDrive/<folder>/<profile>`` (``profile`` defaults to the
+    one ``kd.setup()`` would pick), keeping profiles apart as ``outputs/`` does.
+    Colab asks for permission to the Drive the first time.
+    """
+    from .profiles import PROFILES, default_profile_name
+
+    profile = profile or default_profile_name()
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+    try:
+        from google.colab import drive
+    except ImportError:
+        raise RuntimeError("use_drive() mounts Google Drive and works only on Colab (google.colab cannot be "
+                           "imported here); elsewhere pass a folder yourself: kd.setup(output_dir=...)") from None
+    drive.mount(mount_point)
+    root = Path(mount_point) / "MyDrive"
+    if not root.is_dir():
+        raise RuntimeError(f"Google Drive did not mount at {mount_point} (no {root}); run the cell again and allow "
+                           f"access, or leave use_drive() out to keep outputs on the runtime's disk")
+    out = root / folder / profile
+    out.mkdir(parents=True, exist_ok=True)
+    return str(out)

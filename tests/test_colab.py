@@ -129,3 +129,62 @@ def test_the_full_install_is_the_colab_one_plus_torch_jupyter_and_tests():
     assert {"torch", "ipywidgets", "jupyterlab", "nbval", "nbclient", "pytest"} <= packages
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert "-r requirements.txt" in ci, "CI installs the full set"
+
+
+@pytest.fixture
+def fake_colab(monkeypatch, tmp_path):
+    """A google.colab module whose drive.mount makes MyDrive under tmp_path, as Colab's does under /content/drive."""
+    import sys
+    import types
+
+    mounts = []
+
+    def mount(mount_point):
+        mounts.append(mount_point)
+        (Path(mount_point) / "MyDrive").mkdir(parents=True, exist_ok=True)
+
+    google, colab = types.ModuleType("google"), types.ModuleType("google.colab")
+    colab.drive = types.SimpleNamespace(mount=mount)
+    google.colab = colab
+    monkeypatch.setitem(sys.modules, "google", google)
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    monkeypatch.delenv("KDSD_PROFILE", raising=False)
+    return mounts
+
+
+def test_use_drive_mounts_drive_and_gives_a_folder_per_profile(fake_colab, tmp_path, monkeypatch):
+    import kdutils as kd
+    from kdutils.colab import use_drive
+
+    mount_point = str(tmp_path / "drive")
+    out = use_drive("class", mount_point=mount_point)
+    assert fake_colab == [mount_point]
+    assert out == str(tmp_path / "drive" / "MyDrive" / "kdsd-outputs" / "class") and Path(out).is_dir()
+    cfg = kd.get_profile("class", output_dir=out)
+    assert cfg.out("distill", "roberta").is_relative_to(out), "training writes into Drive"
+    monkeypatch.setenv("KDSD_PROFILE", "tiny")
+    assert use_drive(folder="my-class", mount_point=mount_point).endswith("MyDrive/my-class/tiny"), \
+        "the default profile is the one setup() picks"
+    with pytest.raises(ValueError, match="unknown profile 'huge'"):
+        use_drive("huge", mount_point=mount_point)
+
+
+def test_use_drive_off_colab_says_what_to_do_instead(monkeypatch):
+    import sys
+
+    from kdutils.colab import use_drive
+
+    monkeypatch.setitem(sys.modules, "google.colab", None)  # import fails as it does off Colab
+    with pytest.raises(RuntimeError, match=r"works only on Colab.*kd.setup\(output_dir=...\)"):
+        use_drive("tiny")
+
+
+def test_use_drive_reports_a_mount_that_did_not_happen(fake_colab, tmp_path, monkeypatch):
+    import sys
+
+    from kdutils.colab import use_drive
+
+    monkeypatch.setattr(sys.modules["google.colab"].drive, "mount", lambda mount_point: None)
+    with pytest.raises(RuntimeError, match="did not mount"):
+        use_drive("tiny", mount_point=str(tmp_path / "drive"))
+    assert not (tmp_path / "drive").exists(), "nothing is created outside Drive"
