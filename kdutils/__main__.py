@@ -8,7 +8,7 @@ import typing
 from dataclasses import fields
 from pathlib import Path
 
-from .models import EXPERIMENTS
+from .models import EXPERIMENTS, looks_like_repo_id
 from .profiles import ENV_PREFIX, PRECISIONS, PROFILES, Profile
 
 
@@ -109,6 +109,29 @@ def _export(args: argparse.Namespace) -> int:
     cfg = kd.setup(args.profile, quiet=True)
     out = export_pipeline(cfg, args.student, args.output, safety_checker=not args.no_safety_checker)
     print(f"pipeline saved to {out}; load it with StableDiffusionPipeline.from_pretrained({str(out)!r})")
+    if args.push_to_hub:
+        return _push(out, args.push_to_hub, private=args.private)
+    return 0
+
+
+def _push(folder: Path, repo_id: str, *, private: bool) -> int:
+    """Upload an exported pipeline folder as it is on disk (``kdsd_export.json`` included) to a hub model repo.
+
+    This is what the pipeline's ``push_to_hub`` does after saving again; uploading
+    the saved folder keeps the course's ``kdsd_export.json``, which tells
+    ``KDSD_STUDENT_<EXPERIMENT>`` which student the repo holds.
+    """
+    from huggingface_hub import create_repo, upload_folder
+
+    try:
+        url = create_repo(repo_id, private=private, exist_ok=True)
+        upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="Korean SD pipeline (kdutils export)")
+    except Exception as err:  # no token, no network, no rights: the export on disk stays
+        print(f"error: could not push to {repo_id!r} ({type(err).__name__}: {err}); the pipeline is saved in "
+              f"{folder}; log in with `hf auth login` (or set HF_TOKEN) and run the command again", file=sys.stderr)
+        return 1
+    print(f"pushed to {url}; StableDiffusionPipeline.from_pretrained({repo_id!r}) loads it, and "
+          f"KDSD_STUDENT_<EXPERIMENT>={repo_id} gives the course its student")
     return 0
 
 
@@ -190,6 +213,13 @@ def _checked(check):
     return parse
 
 
+def _hub_repo_id(text: str) -> str:
+    if not looks_like_repo_id(text):
+        raise argparse.ArgumentTypeError(f"expected a Hugging Face repo id OWNER/NAME, e.g. "
+                                         f"my-school/korean-sd-roberta; got {text!r}")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m kdutils`` parser; choices come from ``PROFILES`` and ``EXPERIMENTS``."""
     from .colab import BRANCH, ROOT, check_branch, check_repo
@@ -215,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", required=True, help="folder to write the pipeline to")
     export.add_argument("--profile", choices=profiles, help="default: KDSD_PROFILE, else auto")
     export.add_argument("--no-safety-checker", action="store_true", help="leave the safety checker out")
+    export.add_argument("--push-to-hub", metavar="REPO_ID", type=_hub_repo_id,
+                        help="also upload the folder to this Hugging Face model repo (OWNER/NAME; needs `hf auth login`)")
+    export.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo as private")
     export.set_defaults(func=_export)
 
     bench = sub.add_parser("bench", help="distillation throughput: the engine against the study's loop")

@@ -1,7 +1,10 @@
 """The command line: a flag per profile value, choices from the code's tables, clear errors."""
 
+import json
+import shutil
 import typing
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 
@@ -78,3 +81,74 @@ def test_train_reports_a_bad_environment_value_without_a_traceback(monkeypatch, 
     monkeypatch.setenv("KDSD_MIXED_PRECISION", "fp8")
     assert main(["train", "--experiment", "roberta", "--profile", "tiny"]) == 2
     assert "error: unknown mixed_precision 'fp8'" in capsys.readouterr().err
+
+
+@pytest.fixture
+def fake_export(monkeypatch, tmp_path):
+    """export_pipeline that writes a small folder, and a hub that records uploads instead of pushing."""
+    import huggingface_hub
+
+    import kdutils.pipeline
+
+    def export_pipeline(cfg, student_dir, output_dir, *, safety_checker=True):
+        out = Path(output_dir)
+        out.mkdir(parents=True)
+        (out / "model_index.json").write_text("{}")
+        (out / "kdsd_export.json").write_text(json.dumps({"experiment": "roberta", "teacher": cfg.sd_id}))
+        return out
+
+    hub = {"created": [], "uploaded": []}
+
+    def create_repo(repo_id, private=False, exist_ok=False):
+        hub["created"].append((repo_id, private, exist_ok))
+        return f"https://huggingface.co/{repo_id}"
+
+    def upload_folder(repo_id, folder_path, commit_message=None):
+        hub["uploaded"].append((repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
+
+    monkeypatch.setattr(kdutils.pipeline, "export_pipeline", export_pipeline)
+    monkeypatch.setattr(huggingface_hub, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub, "upload_folder", upload_folder)
+    return hub
+
+
+def _export(tmp_path, *flags):
+    from kdutils.__main__ import main
+
+    return main(["export", "--profile", "tiny", "--student", str(tmp_path / "best"),
+                 "--output", str(tmp_path / "exported"), *flags])
+
+
+def test_export_pushes_the_saved_folder_only_when_asked(fake_export, tmp_path, capsys, no_network):
+    assert _export(tmp_path) == 0
+    assert fake_export == {"created": [], "uploaded": []}
+    shutil.rmtree(tmp_path / "exported")
+    assert _export(tmp_path, "--push-to-hub", "a-teacher/kd-roberta", "--private") == 0
+    assert fake_export["created"] == [("a-teacher/kd-roberta", True, True)]
+    assert fake_export["uploaded"] == [("a-teacher/kd-roberta", ["kdsd_export.json", "model_index.json"])], \
+        "the folder as saved, with the course's kdsd_export.json"
+    out = capsys.readouterr().out
+    assert "pushed to https://huggingface.co/a-teacher/kd-roberta" in out
+    assert "KDSD_STUDENT_<EXPERIMENT>=a-teacher/kd-roberta" in out
+
+
+def test_a_failed_push_keeps_the_export_and_says_how_to_log_in(fake_export, tmp_path, capsys, monkeypatch):
+    import huggingface_hub
+
+    def no_token(*args, **kwargs):
+        raise OSError("no token found")
+
+    monkeypatch.setattr(huggingface_hub, "upload_folder", no_token)
+    assert _export(tmp_path, "--push-to-hub", "a-teacher/kd-roberta") == 1
+    err = capsys.readouterr().err
+    assert "could not push to 'a-teacher/kd-roberta'" in err and "no token found" in err
+    assert f"the pipeline is saved in {tmp_path / 'exported'}" in err and "hf auth login" in err
+    assert (tmp_path / "exported" / "kdsd_export.json").exists()
+
+
+@pytest.mark.parametrize("repo_id", ["just-a-name", "https://huggingface.co/a/b", "a/b/c"])
+def test_a_bad_hub_repo_id_is_refused_before_exporting(fake_export, tmp_path, capsys, repo_id):
+    with pytest.raises(SystemExit) as exit_:
+        _export(tmp_path, "--push-to-hub", repo_id)
+    assert exit_.value.code == 2 and "expected a Hugging Face repo id OWNER/NAME" in capsys.readouterr().err
+    assert not (tmp_path / "exported").exists()
