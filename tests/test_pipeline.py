@@ -1,6 +1,7 @@
 """The Korean pipeline: export round trip, fixed latents, image metrics, clear errors."""
 
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -52,7 +53,9 @@ def test_export_reloads_in_a_plain_process_and_gives_the_same_image(cfg, student
     torch.save(latents, tmp_path / "latents.pt")
     result = subprocess.run([sys.executable, "-c", RELOAD, str(out), str(tmp_path / "latents.pt"),
                              str(tmp_path / "image.pt")], capture_output=True, text=True, timeout=300,
-                            env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+                            env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+                                 # the same thread count as here, or float sums may round differently
+                                 **{k: os.environ[k] for k in ("OMP_NUM_THREADS",) if k in os.environ}})
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().endswith("RobertaModel True")
     here = pipe(["한복을 입은 여자"], latents=latents, num_inference_steps=2, output_type="np").images[0]
