@@ -251,6 +251,16 @@ def sd_scheduler_config() -> dict:
     return dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
 
 
+def sd_pndm_scheduler():
+    """The pipeline's scheduler, configured as SD v1.4's: PNDM, and ``clip_sample: false`` in its config,
+    which PNDM ignores but a DDIM or DDPM scheduler made ``from_config`` reads (clipping is for pixels, not latents)."""
+    from diffusers import PNDMScheduler
+
+    scheduler = PNDMScheduler(**sd_scheduler_config(), skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False)
+    scheduler.register_to_config(clip_sample=False)
+    return scheduler
+
+
 def train_unet(vae, encoder, tokenizer, pixels: torch.Tensor, scenes: list, recipe: Recipe, progress: bool = True):
     """A ``UNet2DConditionModel`` trained to predict the noise (epsilon) of SD's schedule.
 
@@ -355,7 +365,7 @@ def build(output: str | Path = ASSETS, recipe: Recipe = Recipe(), progress: bool
 
 
 def _build(output: Path, recipe: Recipe, progress: bool, started: float) -> dict:
-    from diffusers import PNDMScheduler, StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline
     from transformers import CLIPImageProcessor, CLIPProcessor
 
     report: dict = {"recipe": asdict(recipe), "torch": torch.__version__, "threads": torch.get_num_threads()}
@@ -391,7 +401,7 @@ def _build(output: Path, recipe: Recipe, progress: bool, started: float) -> dict
 
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=encoder, tokenizer=tokenizer, unet=unet,
-        scheduler=PNDMScheduler(**sd_scheduler_config(), skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False),
+        scheduler=sd_pndm_scheduler(),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     for folder in (output / "stable-diffusion", output / "clip-scorer"):

@@ -84,3 +84,14 @@ def test_the_toy_sd_does_not_understand_korean(teacher_scores):
     for name, chance in CHANCE.items():
         assert teacher_scores["teacher_ko"][name] <= chance + 0.25, teacher_scores["teacher_ko"]
         assert teacher_scores["teacher_ko"][name] < teacher_scores["teacher_en"][name] - 0.3
+
+
+def test_a_ddim_scheduler_made_from_the_toy_config_does_not_clip_latents():
+    """SD v1.4's scheduler config says clip_sample: false; with diffusers' default (true) DDIM draws broken toy images."""
+    from diffusers import DDIMScheduler, PNDMScheduler
+
+    committed = PNDMScheduler.from_pretrained(str(kd.tiny.TRAINED_DIR / "stable-diffusion"), subfolder="scheduler")
+    for scheduler in (committed, T.sd_pndm_scheduler()):
+        assert DDIMScheduler.from_config(scheduler.config).config.clip_sample is False
+    settings = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}  # noqa: E731
+    assert settings(committed.config) == settings(T.sd_pndm_scheduler().config)
