@@ -50,11 +50,11 @@ class Link:
 
 
 def course_files(root: Path = ROOT) -> list[Path]:
-    """The files that name the repository: the notebooks, ``README.md`` and this module (where present)."""
+    """The files that name the repository: the notebooks (lessons and solutions), ``README.md`` and this module."""
     root = Path(root)
     if not (root / "notebooks").is_dir():
         raise FileNotFoundError(f"no notebooks/ folder in {root}: run this in a clone of the course (or pass --root)")
-    files = sorted((root / "notebooks").glob("*.ipynb"))
+    files = sorted((root / "notebooks").glob("*.ipynb")) + sorted((root / "notebooks" / "solutions").glob("*.ipynb"))
     files += [p for p in (root / "README.md", root / "kdutils" / "colab.py") if p.exists()]
     return files
 

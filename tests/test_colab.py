@@ -188,3 +188,17 @@ def test_use_drive_reports_a_mount_that_did_not_happen(fake_colab, tmp_path, mon
     with pytest.raises(RuntimeError, match="did not mount"):
         use_drive("tiny", mount_point=str(tmp_path / "drive"))
     assert not (tmp_path / "drive").exists(), "nothing is created outside Drive"
+
+
+def test_solutions_open_on_colab_and_are_committed_clean():
+    solutions = sorted((ROOT / "notebooks" / "solutions").glob("*.ipynb"))
+    assert solutions, "the teacher's kit has a solutions notebook"
+    for path in solutions:
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        first = "".join(nb["cells"][0]["source"])
+        assert f"colab.research.google.com/github/{REPO}/blob/{BRANCH}/notebooks/solutions/{path.name}" in first
+        setup = next("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+        assert f"--branch {BRANCH} https://github.com/{REPO} /content/kdsd" in setup
+        assert all(not c.get("outputs") and c.get("execution_count") is None
+                   for c in nb["cells"] if c["cell_type"] == "code"), f"clear the outputs of {path.name}"
+        assert "widgets" not in nb["metadata"]
