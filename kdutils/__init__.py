@@ -11,12 +11,12 @@ import logging
 import os
 import random
 
-from . import data, distill, metrics, pipeline, plots, report, toymodels, world
+from . import colab, data, distill, metrics, pipeline, plots, report, toymodels, world
 from .models import EXPERIMENTS, count_parameters, load_student, load_teacher, load_tokenizers
 from .profiles import PROFILES, Profile, get_profile
 from .tiny import resolve
 
-__all__ = ["EXPERIMENTS", "PROFILES", "Profile", "count_parameters", "data", "distill", "metrics", "pipeline", "load_student", "toymodels", "world",
+__all__ = ["EXPERIMENTS", "PROFILES", "Profile", "colab", "count_parameters", "data", "distill", "metrics", "pipeline", "load_student", "toymodels", "world",
            "load_teacher", "load_tokenizers", "get_profile", "plots", "report", "resolve", "seed_everything", "setup"]
 __version__ = "0.1.0"
 
