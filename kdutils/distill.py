@@ -688,8 +688,10 @@ def distill(cfg, experiment: str, splits, *, models: tuple | None = None, val: E
         state.history.append({**measure(run), "step": 0, "epoch": 0.0, "seconds": 0.0})
     world, rank = run.accelerator.num_processes, run.accelerator.process_index
     running, running_steps, order_epoch = torch.zeros(3, device=run.device), 0, -1
+    # at most one refresh a second: in a notebook every refresh is a kernel message, and the thousands of a slow
+    # run can overflow the output queue while nbval waits (it then fails with "Timeout ... waiting for output")
     bar = tqdm(range(state.step, run.total_steps), initial=state.step, total=run.total_steps, desc=experiment,
-               disable=not (progress and run.main), unit="step")
+               disable=not (progress and run.main), unit="step", mininterval=1.0)
     started = time.perf_counter()
     for step in bar:
         epoch, i = divmod(step, run.steps_per_epoch)
