@@ -591,8 +591,13 @@ def splits_dir(cfg) -> Path:
 
 def _build_settings(cfg) -> dict:
     """The profile values that decide the splits; a saved copy is reused only if they all match."""
-    return {"source": cfg.data_source, "config": cfg.data_config, "num_pairs": cfg.num_pairs,
-            "seed": cfg.seed, "max_length": cfg.max_length, "sd_id": cfg.sd_id, "student_id": cfg.student_id}
+    from . import world
+
+    settings = {"source": cfg.data_source, "config": cfg.data_config, "num_pairs": cfg.num_pairs,
+                "seed": cfg.seed, "max_length": cfg.max_length, "sd_id": cfg.sd_id, "student_id": cfg.student_id}
+    if cfg.data_source == "toyworld":
+        settings["world_version"] = world.VERSION  # its generated pairs change with the world's templates
+    return settings
 
 
 def save_splits(splits, cfg, report: CleaningReport | None = None) -> Path:

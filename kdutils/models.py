@@ -43,13 +43,31 @@ def load_teacher(cfg, device: str | None = None, dtype=None):
     return teacher_tokenizer, teacher
 
 
+def set_padding(tokenizer, padding: str = "mask"):
+    """Make a RoBERTa student's tokenizer pad with ``[MASK]`` (``"mask"``) or keep ``[PAD]`` (``"pad"``).
+
+    RoBERTa numbers positions from the token ids and gives every ``[PAD]`` one
+    shared position id, so all padding outputs of a sentence are one vector.
+    ``[MASK]`` is not the model's padding id: positions keep counting and each
+    padding position can say a different word where the English sentence is
+    longer than the Korean one. The attention mask is the same either way.
+    The choice is saved with the tokenizer, so a trained student keeps it.
+    """
+    if padding == "mask":
+        tokenizer.pad_token = tokenizer.mask_token
+    elif padding != "pad":
+        raise ValueError(f"unknown padding {padding!r}; choose 'mask' or 'pad'")
+    return tokenizer
+
+
 def load_student(cfg, experiment: str, teacher_hidden_size: int | None = None):
     """A fresh student for an experiment, before any distillation.
 
     ``clip``: a CLIPTextModel initialised from the teacher, with the CLIP
     tokenizer for both languages. ``roberta``/``roberta_pooler``: the Korean
     encoder ``cfg.student_id`` with its WordPiece tokenizer, set up so that the
-    diffusers pipeline passes it the attention mask it was trained with.
+    diffusers pipeline passes it the attention mask it was trained with, and
+    padding as ``cfg.student_padding`` says (see ``set_padding``).
     Returns ``(student_tokenizer, student)``.
     """
     from transformers import AutoModel, AutoTokenizer, CLIPTextModel, CLIPTokenizer
@@ -63,6 +81,7 @@ def load_student(cfg, experiment: str, teacher_hidden_size: int | None = None):
         student_tokenizer = AutoTokenizer.from_pretrained(resolve(cfg.student_id))
         student = AutoModel.from_pretrained(resolve(cfg.student_id))
         student.config.use_attention_mask = True  # diffusers' encode_prompt reads this flag
+        set_padding(student_tokenizer, cfg.student_padding)
     student_tokenizer.model_max_length = cfg.max_length
     if teacher_hidden_size is not None and student.config.hidden_size != teacher_hidden_size:
         raise ValueError(
