@@ -191,29 +191,42 @@ def generate(pipe, prompts: list[str], latents: torch.Tensor, *, negative_prompt
     The same pipeline, prompts and latents give the same images. ``clip_skip``
     only applies to CLIP text encoders.
     """
-    from tqdm.auto import tqdm
-
     prompts = list(prompts)
     if len(latents) != len(prompts):
         raise ValueError(f"need one latent per prompt: {len(prompts)} prompts, {len(latents)} latents")
     if clip_skip is not None and not _is_clip(pipe.text_encoder):
         raise ValueError(f"clip_skip picks a CLIP hidden layer; this pipeline's text encoder is "
                          f"{type(pipe.text_encoder).__name__}, so leave clip_skip=None")
+
+    def call(part, **kwargs):
+        if clip_skip is None:
+            return pipe(part, **kwargs)
+        embeds = _clip_skip_embeds(pipe, part, clip_skip)
+        negative = _clip_skip_embeds(pipe, kwargs.pop("negative_prompt", [""] * len(part)), clip_skip)
+        return pipe(prompt_embeds=embeds, negative_prompt_embeds=negative, **kwargs)
+
+    return _in_batches(pipe, prompts, {"latents": latents}, call, batch_size=batch_size, seed=seed,
+                       negative_prompt=negative_prompt, desc="sampling", progress=progress,
+                       num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+
+
+def _in_batches(pipe, prompts: list[str], per_prompt: dict, call, *, batch_size: int, seed: int,
+                negative_prompt: str | None, desc: str, progress: bool, **settings) -> list:
+    """The batching loop ``generate`` and ``img2img`` share: ``per_prompt`` maps a pipeline argument to one
+    value per prompt; each batch gets a CPU generator seeded ``seed + start``, so images do not depend on the
+    device or the batch size's history; a blacked-out image warns."""
+    from tqdm.auto import tqdm
+
     pipe.set_progress_bar_config(disable=True)
     images = []
     starts = range(0, len(prompts), batch_size)
-    for start in tqdm(starts, desc="sampling", disable=not progress or len(starts) == 1):
+    for start in tqdm(starts, desc=desc, disable=not progress or len(starts) == 1):
         part = prompts[start:start + batch_size]
-        kwargs = dict(latents=latents[start:start + batch_size], num_inference_steps=num_inference_steps,
-                      guidance_scale=guidance_scale, generator=torch.Generator("cpu").manual_seed(seed + start))
+        kwargs = {**settings, **{name: values[start:start + batch_size] for name, values in per_prompt.items()},
+                  "generator": torch.Generator("cpu").manual_seed(seed + start)}
         if negative_prompt is not None:
             kwargs["negative_prompt"] = [negative_prompt] * len(part)
-        if clip_skip is None:
-            result = pipe(part, **kwargs)
-        else:
-            embeds = _clip_skip_embeds(pipe, part, clip_skip)
-            negative = _clip_skip_embeds(pipe, kwargs.pop("negative_prompt", [""] * len(part)), clip_skip)
-            result = pipe(prompt_embeds=embeds, negative_prompt_embeds=negative, **kwargs)
+        result = call(part, **kwargs)
         if getattr(result, "nsfw_content_detected", None) and any(result.nsfw_content_detected):
             warnings.warn("the safety checker blacked out some images", stacklevel=2)
         images.extend(result.images)
@@ -262,25 +275,11 @@ def img2img(pipe, prompts: list[str], images: list, *, strength: float, negative
     the added noise come from a CPU generator seeded per batch, so the same
     inputs give the same images on every device.
     """
-    from tqdm.auto import tqdm
-
     prompts, images = list(prompts), list(images)
     if len(images) != len(prompts):
         raise ValueError(f"need one starting image per prompt: {len(prompts)} prompts, {len(images)} images")
     if not 0.0 < strength <= 1.0:
         raise ValueError(f"strength={strength} is outside (0, 1]: it is the share of the steps that are run")
-    pipe.set_progress_bar_config(disable=True)
-    out = []
-    starts = range(0, len(prompts), batch_size)
-    for start in tqdm(starts, desc=f"img2img strength {strength}", disable=not progress or len(starts) == 1):
-        part = prompts[start:start + batch_size]
-        kwargs = dict(image=images[start:start + batch_size], strength=strength,
-                      num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                      generator=torch.Generator("cpu").manual_seed(seed + start))
-        if negative_prompt is not None:
-            kwargs["negative_prompt"] = [negative_prompt] * len(part)
-        result = pipe(part, **kwargs)
-        if getattr(result, "nsfw_content_detected", None) and any(result.nsfw_content_detected):
-            warnings.warn("the safety checker blacked out some images", stacklevel=2)
-        out.extend(result.images)
-    return out
+    return _in_batches(pipe, prompts, {"image": images}, pipe, batch_size=batch_size, seed=seed,
+                       negative_prompt=negative_prompt, desc=f"img2img strength {strength}", progress=progress,
+                       strength=strength, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
