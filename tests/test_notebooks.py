@@ -58,4 +58,10 @@ def test_follows_the_template(path):
         "on Colab install only what the lessons need: no torch (Colab's CUDA build stays), no apt packages"
     assert any("kd.setup(" in c for c, k in zip(cells, kinds) if k == "code")
     assert "정리" in cells[-1] and "연습문제" in cells[-1]
+    # a teacher walks the course by its links: each lesson ends with one to the next, and the link resolves
+    nexts = re.findall(r"^다음: \[[^\]]+\]\(([^)]+)\)", cells[-1], flags=re.M)
+    assert len(nexts) == 1, f"{path.name} should end with one '다음: [..](..)' link"
+    assert (path.parent / nexts[0]).is_file(), f"{path.name}'s 다음 link points to a missing {nexts[0]}"
+    later = NOTEBOOKS[NOTEBOOKS.index(path) + 1:]
+    assert not later or nexts[0] == later[0].name, f"{path.name} should lead to {later[0].name}"
     assert not any("cfg.name ==" in c or "cfg.name==" in c for c in cells), "sizes come from the profile"
