@@ -2,7 +2,8 @@
 
 Every notebook starts with ``cfg = kdutils.setup()``, which picks the profile
 (``KDSD_PROFILE``: ``tiny``, ``class`` or ``paper``), fixes the seeds, chooses
-the device and creates the output folder.
+the device, creates the output folder and hides the per-load progress bars
+(downloads keep theirs).
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ import os
 import random
 
 from . import colab, data, distill, metrics, pipeline, plots, report, toymodels, world
-from .models import EXPERIMENTS, count_parameters, load_student, load_teacher, load_tokenizers
+from .models import EXPERIMENTS, count_parameters, load_student, load_teacher, load_tokenizers, quiet_load_bars
 from .profiles import PROFILES, Profile, get_profile
 from .tiny import resolve
 
 __all__ = ["EXPERIMENTS", "PROFILES", "Profile", "colab", "count_parameters", "data", "distill", "metrics", "pipeline", "load_student", "toymodels", "world",
-           "load_teacher", "load_tokenizers", "get_profile", "plots", "report", "resolve", "seed_everything", "setup"]
+           "load_teacher", "load_tokenizers", "get_profile", "quiet_load_bars", "plots", "report", "resolve", "seed_everything", "setup"]
 __version__ = "0.1.0"
 
 # There is no CPU build of torchvision; transformers then falls back to PIL
@@ -48,6 +49,7 @@ def setup(profile: str | None = None, *, quiet: bool = False, **overrides) -> Pr
     seed_everything(cfg.seed)
     cfg.out()
     use_korean_font()  # warns if no font has Hangul; matplotlib's missing-glyph warnings stay visible
+    quiet_load_bars()  # no bar per load from disk; downloads from the hub keep theirs
     if not quiet:
         print(cfg.summary())
     return cfg

@@ -398,15 +398,18 @@ def save_checkpoint(folder: Path, student, tokenizer, meta: dict, state: dict | 
     old = folder.with_name(f".{folder.name}.old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
     from transformers.utils import logging as hf_logging
 
-    bar_was_on = hf_logging.is_progress_bar_enabled()
+    bar_was_on, hub_bars_were_on = hf_logging.is_progress_bar_enabled(), not are_progress_bars_disabled()
     hf_logging.disable_progress_bar()  # save_pretrained's "Writing model shards" bar would print at every evaluation
     try:
         student.save_pretrained(str(tmp))
     finally:
         if bar_was_on:
             hf_logging.enable_progress_bar()
+        if hub_bars_were_on:  # transformers' switch turns the hub's download bars off too
+            enable_progress_bars()
     tokenizer.save_pretrained(str(tmp))
     (tmp / "kdsd_meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     if state is not None:

@@ -18,6 +18,24 @@ def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def quiet_load_bars() -> None:
+    """Hide the bars transformers and diffusers draw for every load from disk, keep the hub's download bars.
+
+    Each ``from_pretrained`` draws a "Loading weights" (transformers) or
+    "Loading pipeline components" (diffusers) bar, a dozen per lesson, which
+    bury a notebook's output. transformers' own switch would also silence
+    huggingface_hub, and then the first multi-GB download of SD (06, 07) runs
+    without a sign of progress; so the hub's bars are switched back on.
+    """
+    from diffusers.utils import logging as diffusers_logging
+    from huggingface_hub.utils import enable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    diffusers_logging.disable_progress_bar()
+    enable_progress_bars()
+
+
 def load_tokenizers(cfg):
     """``(teacher_tokenizer, student_tokenizer)``: SD's CLIP tokenizer and the Korean student's, as shipped.
 

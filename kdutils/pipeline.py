@@ -185,11 +185,13 @@ def _clip_skip_embeds(pipe, prompts: list[str], clip_skip: int) -> torch.Tensor:
 
 def generate(pipe, prompts: list[str], latents: torch.Tensor, *, negative_prompt: str | None = None,
              num_inference_steps: int = 50, guidance_scale: float = 7.5, clip_skip: int | None = None,
-             batch_size: int = 4, seed: int = 0, progress: bool = False) -> list:
+             batch_size: int = 4, seed: int = 0, progress: bool | None = None) -> list:
     """Images for ``prompts`` from the given initial ``latents`` (one per prompt), in batches.
 
     The same pipeline, prompts and latents give the same images. ``clip_skip``
-    only applies to CLIP text encoders.
+    only applies to CLIP text encoders. ``progress=None`` shows a bar over the
+    batches when there is more than one (it disappears when done); ``True`` or
+    ``False`` force it.
     """
     prompts = list(prompts)
     if len(latents) != len(prompts):
@@ -211,7 +213,7 @@ def generate(pipe, prompts: list[str], latents: torch.Tensor, *, negative_prompt
 
 
 def _in_batches(pipe, prompts: list[str], per_prompt: dict, call, *, batch_size: int, seed: int,
-                negative_prompt: str | None, desc: str, progress: bool, **settings) -> list:
+                negative_prompt: str | None, desc: str, progress: bool | None, **settings) -> list:
     """The batching loop ``generate`` and ``img2img`` share: ``per_prompt`` maps a pipeline argument to one
     value per prompt; each batch gets a CPU generator seeded ``seed + start``, so images do not depend on the
     device or the batch size's history; a blacked-out image warns."""
@@ -220,7 +222,8 @@ def _in_batches(pipe, prompts: list[str], per_prompt: dict, call, *, batch_size:
     pipe.set_progress_bar_config(disable=True)
     images = []
     starts = range(0, len(prompts), batch_size)
-    for start in tqdm(starts, desc=desc, disable=not progress or len(starts) == 1):
+    show = len(starts) > 1 if progress is None else progress
+    for start in tqdm(starts, desc=desc, disable=not show, leave=False, mininterval=1.0):
         part = prompts[start:start + batch_size]
         kwargs = {**settings, **{name: values[start:start + batch_size] for name, values in per_prompt.items()},
                   "generator": torch.Generator("cpu").manual_seed(seed + start)}
@@ -268,7 +271,7 @@ def img2img_pipeline(pipe):
 
 def img2img(pipe, prompts: list[str], images: list, *, strength: float, negative_prompt: str | None = None,
             num_inference_steps: int = 50, guidance_scale: float = 7.5, batch_size: int = 4, seed: int = 0,
-            progress: bool = False) -> list:
+            progress: bool | None = None) -> list:
     """Images for ``prompts`` that start from ``images`` (one per prompt) noised to ``strength``, in batches.
 
     ``pipe`` is an img2img pipeline (``img2img_pipeline``). The VAE's sample and

@@ -226,3 +226,37 @@ def test_rerank_puts_the_picture_that_matches_the_caption_first(cfg):
     assert scores == M.clip_score(processor, scorer, images, [kd.world.canonical_en(scenes[1])] * 3)
     with pytest.raises(ValueError, match="at least one candidate"):
         M.rerank(processor, scorer, [], "a red circle")
+
+
+def test_setup_hides_the_load_bars_and_keeps_the_download_bars(tmp_path, student_dir):
+    from diffusers.utils import logging as diffusers_logging
+    from huggingface_hub.utils import are_progress_bars_disabled
+    from transformers.utils import logging as hf_logging
+
+    kd.setup("tiny", quiet=True, output_dir=str(tmp_path))
+    assert not hf_logging.is_progress_bar_enabled() and not diffusers_logging.is_progress_bar_enabled()
+    assert not are_progress_bars_disabled(), "SD's multi-GB download must show its progress"
+    # saving a checkpoint silences transformers' shard bar for a moment, and must hand the hub's bars back
+    tokenizer, student = kd.load_student(kd.get_profile("tiny"), "roberta")
+    D.save_checkpoint(tmp_path / "ckpt", student, tokenizer, {"experiment": "roberta"})
+    assert not are_progress_bars_disabled()
+
+
+def test_sampling_shows_a_bar_over_batches_only_when_there_are_several(cfg, pipe, monkeypatch):
+    import tqdm.auto
+
+    shown = []
+    real = tqdm.auto.tqdm
+
+    def spy(*args, **kwargs):
+        shown.append(not kwargs.get("disable", False))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", spy)
+    prompts = ["빨간 원", "파란 네모"]
+    latents = P.fixed_latents(pipe, cfg, 2)
+    P.generate(pipe, prompts, latents, num_inference_steps=1, batch_size=1)
+    P.generate(pipe, prompts, latents, num_inference_steps=1, batch_size=2)
+    P.generate(pipe, prompts, latents, num_inference_steps=1, batch_size=1, progress=False)
+    P.generate(pipe, prompts, latents, num_inference_steps=1, batch_size=2, progress=True)
+    assert shown == [True, False, False, True]
