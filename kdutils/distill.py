@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .models import EXPERIMENTS, load_student, load_teacher
+from .models import EXPERIMENTS, load_student, load_teacher, student_env_var, trained_student_source
 from .metrics import masked_mean, retrieval_accuracy
 
 TARGETS = {"clip": "sequence", "roberta": "sequence", "roberta_pooler": "pooled"}
@@ -656,7 +656,8 @@ def setup_run(cfg, experiment: str, splits, *, models: tuple | None = None, val:
             "student": cfg.sd_id if experiment == "clip" else cfg.student_id,
             "data_fingerprint": fingerprint(splits), "total_steps": total_steps,
             "num_processes": world, "train_pairs": len(train), "mixed_precision": precision,
-            "teacher_dtype": str(teacher_dtype(device)).removeprefix("torch."), "seed": cfg.seed}
+            "teacher_dtype": str(teacher_dtype(device)).removeprefix("torch."), "seed": cfg.seed,
+            "student_padding": None if experiment == "clip" else cfg.student_padding}
     return Run(cfg, experiment, target, accelerator, out, teacher, teacher_tokenizer, student, raw_student,
                student_tokenizer, optimizer, scheduler, data, val, steps_per_epoch, total_steps, meta)
 
@@ -825,30 +826,81 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def load_metrics(cfg, experiment: str) -> dict:
-    """The ``metrics.json`` a finished run of ``experiment`` wrote in this profile."""
+    """The ``metrics.json`` of ``experiment``'s student: the one the user named, else this profile's run.
+
+    A student named with ``KDSD_STUDENT_<EXPERIMENT>`` (a folder or hub id,
+    see ``kd.models.trained_student_source``) wins. Its metrics come from the
+    ``metrics.json`` of the run it belongs to when that came along; a student
+    without one (an exported pipeline, a bare ``best/``) gives what its
+    checkpoint records, with ``test`` and ``history`` empty.
+    """
+    given = trained_student_source(cfg, experiment)
+    if given is not None:
+        beside = given.parent / "metrics.json"
+        if beside.is_file() and json.loads(beside.read_text(encoding="utf-8")).get("experiment") == experiment:
+            metrics = json.loads(beside.read_text(encoding="utf-8"))
+        else:
+            meta = json.loads((given / "kdsd_meta.json").read_text(encoding="utf-8"))
+            metrics = {**meta, "best_step": meta.get("step"), "test": None, "history": [], "train_log": []}
+        return {**metrics, "best_dir": str(given), "source": str(given)}
     path = Path(cfg.output_dir) / "distill" / experiment / "metrics.json"
     if not path.exists():
         raise FileNotFoundError(f"no metrics for {experiment!r} in profile {cfg.name!r} ({path}); "
-                                f"run its notebook or `python -m kdutils train --experiment {experiment}` first")
+                                f"run its notebook or `python -m kdutils train --experiment {experiment}` first, "
+                                f"or name a trained one with {student_env_var(experiment)}=<folder or hub id>")
     metrics = json.loads(path.read_text(encoding="utf-8"))
     metrics["best_dir"] = str(path.parent / "best")  # where it is now, even if outputs/ moved
     return metrics
 
 
-def ensure_trained(cfg, experiment: str, *, train_missing: bool = True) -> Path | None:
-    """The ``best/`` checkpoint of ``experiment`` in this profile, training it first if missing.
+def outdated(cfg, metrics: dict, splits) -> list[str]:
+    """How a finished run differs from what ``cfg`` would train now (empty when it does not).
 
-    Lets the sampling notebooks run on their own: in ``tiny`` a missing
-    student costs about half a minute; in ``class``/``paper`` run its notebook
-    (or pass ``train_missing=False`` to get ``None`` instead).
+    Catches students left in ``outputs/`` by an older course version or by a
+    run with other settings: other pairs, another teacher, other padding.
     """
+    from .data import fingerprint
+
+    why = []
+    if metrics.get("teacher") != cfg.sd_id:
+        why.append(f"from teacher {metrics.get('teacher')!r}, not {cfg.sd_id!r}")
+    if metrics.get("data_fingerprint") != fingerprint(splits):
+        why.append("on other pairs than this profile's splits")
+    if metrics.get("experiment") != "clip" and metrics.get("student_padding", "pad") != cfg.student_padding:
+        why.append(f"with {metrics.get('student_padding', 'pad')!r} padding, not {cfg.student_padding!r}")
+    return why
+
+
+def ensure_trained(cfg, experiment: str, *, train_missing: bool = True) -> Path | None:
+    """The checkpoint of ``experiment``'s student: the one the user named, else this profile's ``best/``.
+
+    Lets the sampling notebooks run on their own. A student named with
+    ``KDSD_STUDENT_<EXPERIMENT>`` (folder or hub id: what a teacher trained
+    once for a class) is used as it is. Otherwise a missing student is trained
+    here: about half a minute in ``tiny``; in ``class``/``paper`` run its
+    notebook (or pass ``train_missing=False`` to get ``None`` instead). A
+    student trained on other pairs or with other settings (``outdated``) is
+    used with a warning that says what differs and how to train it again.
+    """
+    import warnings
+
     from .data import prepare_splits
 
+    given = trained_student_source(cfg, experiment)
+    if given is not None:
+        print(f"using the {experiment!r} student named by {student_env_var(experiment)}: {given}")
+        return given
     try:
-        return Path(load_metrics(cfg, experiment)["best_dir"])
+        metrics = load_metrics(cfg, experiment)
     except FileNotFoundError:
         if not train_missing:
             return None
         print(f"no trained {experiment!r} student in profile {cfg.name!r} yet: training it now")
         distill(cfg, experiment, prepare_splits(cfg))
         return Path(load_metrics(cfg, experiment)["best_dir"])
+    why = outdated(cfg, metrics, prepare_splits(cfg))
+    if why:
+        warnings.warn(f"the {experiment!r} student in {metrics['best_dir']} was trained " + "; ".join(why)
+                      + f". Its numbers may not match this lesson's; to train it again, delete "
+                      f"{Path(metrics['best_dir']).parent} and rerun, or run its notebook.", stacklevel=2)
+    return Path(metrics["best_dir"])

@@ -150,3 +150,41 @@ def test_an_exported_pipeline_gives_back_its_student(cfg, student_dir, clean_env
     assert (meta["experiment"], meta["step"], meta["exported_pipeline"]) == ("roberta", 7, str(exported))
     assert _files(exported) == before, "the exported folder is only read"
     assert trained_student_source(cfg, "roberta", source=str(exported)) == folder, "asking again reuses the view"
+
+
+def test_the_sampling_notebooks_use_a_named_student_and_never_train(cfg, student_dir, clean_env, monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("a named student must not be trained again")
+
+    monkeypatch.setattr(D, "distill", no_training)
+    clean_env.setenv("KDSD_STUDENT_ROBERTA", str(student_dir))
+    assert D.ensure_trained(cfg, "roberta") == student_dir
+    metrics = D.load_metrics(cfg, "roberta")  # a bare best/ on a Drive: what its checkpoint records
+    assert (metrics["best_dir"], metrics["best_step"], metrics["test"]) == (str(student_dir), 7, None)
+    # the run's metrics.json came along: its test numbers are read
+    (student_dir.parent / "metrics.json").write_text('{"experiment": "roberta", "best_step": 7, "test": {"r1_ko2en": 0.5}}')
+    try:
+        assert D.load_metrics(cfg, "roberta")["test"] == {"r1_ko2en": 0.5}
+    finally:
+        (student_dir.parent / "metrics.json").unlink()
+    clean_env.delenv("KDSD_STUDENT_ROBERTA")
+    with pytest.raises(FileNotFoundError, match="KDSD_STUDENT_ROBERTA"):
+        D.load_metrics(cfg, "roberta")  # nothing trained in this profile: the error names the variable
+    assert D.ensure_trained(cfg, "roberta", train_missing=False) is None
+
+
+def test_a_student_from_an_older_course_or_other_settings_is_used_with_a_warning(tmp_path, monkeypatch):
+    cfg = kd.get_profile("tiny", output_dir=str(tmp_path), num_pairs=300)
+    splits = kd.data.prepare_splits(cfg)
+    run = tmp_path / "distill" / "roberta"
+    run.mkdir(parents=True)
+    current = {"experiment": "roberta", "teacher": cfg.sd_id, "data_fingerprint": kd.data.fingerprint(splits),
+               "student_padding": cfg.student_padding, "best_step": 3}
+    assert D.outdated(cfg, current, splits) == []
+    old = {**current, "student_padding": None}
+    del old["student_padding"]  # written before the course recorded padding: it padded with [PAD]
+    (run / "metrics.json").write_text(__import__("json").dumps(old))
+    monkeypatch.setattr(D, "distill", lambda *a, **k: pytest.fail("an outdated student is not retrained unasked"))
+    with pytest.warns(UserWarning, match=r"'pad' padding, not 'mask'.*delete"):
+        assert D.ensure_trained(cfg, "roberta") == run / "best"
+    assert D.outdated(cfg, {**current, "data_fingerprint": "x"}, splits) == ["on other pairs than this profile's splits"]
