@@ -139,15 +139,14 @@ def _bench(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    import torch
-
-    from .bench import format_phases, format_table, run_bench, step_phases
+    from .bench import default_device, format_phases, format_table, run_bench, step_phases
     from .profiles import output_root
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or default_device()
     experiments = args.experiment or EXPERIMENTS
     if args.phases:
-        rows = [{"experiment": e, **step_phases(e, args.batch_size, args.steps or 3, device=device)}
+        rows = [{"experiment": e, **step_phases(e, args.batch_size, args.steps or 3, device=device,
+                                                precision=args.precision)}
                 for e in experiments]
         output = Path(args.output) if args.output else output_root() / "bench" / f"phases_{device}.json"
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -156,10 +155,13 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"median ms per phase of the engine's step; JSON: {output}")
         return 0
     output = Path(args.output) if args.output else output_root() / "bench" / f"bench_{device}.json"
-    rows = run_bench(experiments, device=device,
-                     batch_size=args.batch_size, steps=args.steps, repeats=args.repeats, output=output)
+    rows = run_bench(experiments, device=device, batch_size=args.batch_size, steps=args.steps,
+                     warmup=args.warmup, repeats=args.repeats, seconds=args.seconds, precision=args.precision,
+                     threads=args.threads, clock=args.clock,
+                     max_spread=args.max_spread, output=output,
+                     progress=lambda text: print(text, file=sys.stderr, flush=True))
     print(format_table(rows))
-    print(f"pairs/s are medians over {args.repeats} runs (warm-up steps excluded); JSON: {output}")
+    print(f"JSON: {output}")
     return 0
 
 
@@ -252,10 +254,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="distillation throughput: the engine against the study's loop")
     bench.add_argument("--experiment", nargs="+", choices=EXPERIMENTS, help="default: all")
-    bench.add_argument("--device", choices=["cpu", "cuda"])
-    bench.add_argument("--batch-size", type=int, help="default: 32 on CUDA, 4 on CPU")
-    bench.add_argument("--steps", type=int, help="measured steps per run (default: 20 on CUDA, 3 on CPU)")
-    bench.add_argument("--repeats", type=int, default=3, help="runs per loop; the median is reported")
+    bench.add_argument("--device", choices=["cpu", "cuda", "mps"], help="default: cuda, else mps, else cpu")
+    bench.add_argument("--batch-size", type=int, help="default: 32 on a GPU, 8 on a CPU")
+    bench.add_argument("--steps", type=int, help="steps per timed block (default: as many as --seconds takes)")
+    bench.add_argument("--seconds", type=float,
+                       help="how long each timed block lasts (default: 3 on a GPU, 10 on a CPU)")
+    bench.add_argument("--warmup", type=int, help="warm-up steps per loop (default: 5 on a GPU, 3 on a CPU)")
+    bench.add_argument("--repeats", type=int,
+                       help="paired blocks per loop, taking turns at going first (default: 5)")
+    bench.add_argument("--precision", choices=PRECISIONS, default="auto",
+                       help="the engine's precision, as the profile field mixed_precision (default: auto)")
+    bench.add_argument("--threads", type=int, help="torch threads (default: 1 on a CPU, torch's own on a GPU)")
+    bench.add_argument("--clock", choices=["cpu", "wall"],
+                       help="time with the process's CPU time (default on a CPU: other work on the machine does not "
+                            "stretch it) or wall-clock time (default on a GPU)")
+    bench.add_argument("--max-spread", type=float, default=0.10,
+                       help="widest half-range of the paired ratios, over their median, that still gives one "
+                            "number (default: 0.10)")
     bench.add_argument("--output", help="JSON file (default: outputs/bench/bench_<device>.json)")
     bench.add_argument("--phases", action="store_true",
                        help="instead: where the engine's step spends its time (teacher, forward, backward, optimizer)")

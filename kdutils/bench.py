@@ -5,11 +5,19 @@ random weights (nothing is downloaded): the CLIP ViT-L/14 text tower of SD
 v1.4 as teacher, and CLIP or klue/roberta-small as student. The reference
 reproduces the study's step: fp32, a teacher forward that builds a graph,
 separate student passes for en and ko, and three ``.cpu().numpy()`` calls.
+
+``run_bench`` times the two loops in alternating blocks and reports the
+spread of their paired ratios, or says that the spread is too wide to
+conclude; on a CPU it counts the process's CPU time of one thread, which
+other work on the machine does not stretch. In the same run it measures the
+machine's matmul peak and reports each loop's model-FLOPs utilisation.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import statistics
 import time
 import weakref
@@ -37,17 +45,25 @@ TINY_ROBERTA = dict(KLUE_ROBERTA_SMALL, vocab_size=1000, hidden_size=64, interme
                     num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=80)
 
 
-def build_models(experiment: str, size: str = "full"):
-    """``(teacher, student)`` with random weights from the real (or tiny) configurations."""
-    from transformers import CLIPTextConfig, CLIPTextModel, RobertaConfig, RobertaModel
+def build_configs(experiment: str, size: str = "full"):
+    """``(teacher_config, student_config)``: the real (or tiny) configurations, no weights."""
+    from transformers import CLIPTextConfig, RobertaConfig
 
     text, roberta = (CLIP_L14_TEXT, KLUE_ROBERTA_SMALL) if size == "full" else (TINY_TEXT, TINY_ROBERTA)
+    return CLIPTextConfig(**text), CLIPTextConfig(**text) if experiment == "clip" else RobertaConfig(**roberta)
+
+
+def build_models(experiment: str, size: str = "full"):
+    """``(teacher, student)`` with random weights from the real (or tiny) configurations."""
+    from transformers import CLIPTextModel, RobertaModel
+
+    teacher_config, student_config = build_configs(experiment, size)
     torch.manual_seed(0)
-    teacher = CLIPTextModel(CLIPTextConfig(**text))
+    teacher = CLIPTextModel(teacher_config)
     if experiment == "clip":
-        student = CLIPTextModel(CLIPTextConfig(**text))
+        student = CLIPTextModel(student_config)
     else:
-        student = RobertaModel(RobertaConfig(**roberta))
+        student = RobertaModel(student_config)
         student.config.use_attention_mask = True
     return teacher, student
 
@@ -118,95 +134,358 @@ def device_name(device: torch.device) -> str:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
-def reference_steps(experiment: str, batch_size: int, steps: int, warmup: int, device: torch.device,
-                    size: str = "full") -> tuple[float, float | None]:
-    """The study's loop: returns (seconds per measured step, peak GB)."""
+def default_device() -> str:
+    """``cuda``, else ``mps``, else ``cpu``: what the profiles pick."""
+    from .profiles import auto_device
+
+    return auto_device()
+
+
+# ------------------------------------------------------------- the two loops
+def _reference(experiment: str, batch_size: int, device: torch.device, size: str) -> dict:
+    """The study's models, optimizer and batch, set up as its script sets them up."""
     from transformers import get_cosine_schedule_with_warmup
 
     teacher, student = build_models(experiment, size)
     teacher.to(device).eval()  # parameters keep requires_grad, as in the study
     student.to(device).train()
-    pooled = TARGETS[experiment] == "pooled"
     opt = torch.optim.AdamW(student.parameters(), lr=5e-5, weight_decay=1e-4)
-    sched = get_cosine_schedule_with_warmup(opt, 10, 1000)
+    sched = get_cosine_schedule_with_warmup(opt, 10, 10 ** 6)
     t_ids, en, ko, mask = (x.to(device) for x in _batch(teacher, student, batch_size))
-    use_mask = bool(getattr(student.config, "use_attention_mask", False))
-    _peak_start(device)
-    times = []
-    for i in range(warmup + steps):
-        _sync(device)
-        start = time.perf_counter()
-        gt = teacher(t_ids)
-        embed_gt = gt.pooler_output if pooled else gt[0]
-        out_en = student(en, attention_mask=mask if use_mask else None)
-        out_ko = student(ko, attention_mask=mask if use_mask else None)
-        embed_en = out_en.pooler_output if pooled else out_en[0]
-        embed_ko = out_ko.pooler_output if pooled else out_ko[0]
-        loss_en = F.mse_loss(embed_en, embed_gt.detach())
-        loss_ko = F.mse_loss(embed_ko, embed_gt.detach())
-        loss = loss_en + loss_ko
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        for value in (loss, loss_en, loss_ko):
-            value.detach().cpu().numpy()
-        _sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    peak = _peak_gb(device)
-    del teacher, student, opt
-    return statistics.median(times), peak
+    return dict(teacher=teacher, student=student, optimizer=opt, scheduler=sched,
+                pooled=TARGETS[experiment] == "pooled",
+                use_mask=bool(getattr(student.config, "use_attention_mask", False)), t_ids=t_ids, en=en, ko=ko,
+                mask=mask, device=device)
 
 
-def _engine(experiment: str, batch_size: int, device: torch.device, size: str) -> dict:
-    """Models, optimizer and one batch set up as the engine sets them up on ``device``."""
+def reference_step(r: dict) -> None:
+    """One step of the study's loop: fp32, a teacher forward that builds a graph, en and ko passes apart,
+    three ``.cpu().numpy()`` host syncs."""
+    gt = r["teacher"](r["t_ids"])
+    embed_gt = gt.pooler_output if r["pooled"] else gt[0]
+    mask = r["mask"] if r["use_mask"] else None
+    out_en = r["student"](r["en"], attention_mask=mask)
+    out_ko = r["student"](r["ko"], attention_mask=mask)
+    embed_en = out_en.pooler_output if r["pooled"] else out_en[0]
+    embed_ko = out_ko.pooler_output if r["pooled"] else out_ko[0]
+    loss_en = F.mse_loss(embed_en, embed_gt.detach())
+    loss_ko = F.mse_loss(embed_ko, embed_gt.detach())
+    loss = loss_en + loss_ko
+    r["optimizer"].zero_grad()
+    loss.backward()
+    r["optimizer"].step()
+    r["scheduler"].step()
+    for value in (loss, loss_en, loss_ko):
+        value.detach().cpu().numpy()
+
+
+def _engine(experiment: str, batch_size: int, device: torch.device, size: str, precision: str = "auto") -> dict:
+    """Models, optimizer and one batch set up as the engine sets them up on ``device``.
+
+    ``precision`` is the profile setting (``auto`` by default): the student's
+    autocast and the teacher's dtype follow from it as in ``setup_run``.
+    """
     from transformers import get_cosine_schedule_with_warmup
 
-    accelerator = make_accelerator(device, mixed_precision(device))
+    precision = mixed_precision(device, precision)
+    accelerator = make_accelerator(device, precision)
     teacher, student = build_models(experiment, size)
-    teacher.requires_grad_(False).eval().to(device, teacher_dtype(device))
+    teacher.requires_grad_(False).eval().to(device, teacher_dtype(device, precision))
     student.to(device).train()
     target = TARGETS[experiment]
     opt = make_optimizer(student, target, 5e-5, 1e-4, device)
-    sched = get_cosine_schedule_with_warmup(opt, 10, 1000)
+    sched = get_cosine_schedule_with_warmup(opt, 10, 10 ** 6)
     t_ids, en, ko, mask = _batch(teacher, student, batch_size)
     student, opt = accelerator.prepare(student, opt)
     # as in the engine: pre-tokenised ids live on the device, so a step copies nothing from the host
     return dict(accelerator=accelerator, teacher=teacher, student=student, optimizer=opt, scheduler=sched,
                 target=target, width=step_width(student, target, mask.sum(1)),
                 teacher_width=step_width(teacher, target, mask.sum(1)), t_ids=t_ids.to(device),
-                ids=torch.cat([en, ko]).to(device), mask=torch.cat([mask, mask]).to(device))
+                ids=torch.cat([en, ko]).to(device), mask=torch.cat([mask, mask]).to(device),
+                precision=precision, teacher_dtype=teacher_dtype(device, precision),
+                running=torch.zeros(3, device=device))
 
 
-def fast_steps(experiment: str, batch_size: int, steps: int, warmup: int, device: torch.device,
-               size: str = "full") -> tuple[float, float | None]:
-    """The engine's step (``distill_step``): returns (seconds per measured step, peak GB)."""
-    e = _engine(experiment, batch_size, device, size)
-    _peak_start(device)
-    times, running = [], torch.zeros(3, device=device)
-    for i in range(warmup + steps):
+def fast_step(e: dict) -> None:
+    """One step of the engine's loop (``distill_step``); the losses stay on the device."""
+    target_batch = teacher_batch(e["teacher"], e["t_ids"], e["target"], e["teacher_width"])
+    e["running"] += distill_step(e["student"], e["optimizer"], e["scheduler"], e["accelerator"], e["ids"], e["mask"],
+                                 target_batch, e["target"], width=e["width"])
+
+
+def _timed_block(step, state: dict, steps: int, device: torch.device) -> tuple[float, float]:
+    """``(wall seconds, process CPU seconds)`` per step over ``steps`` back-to-back steps (a sync at each end)."""
+    _sync(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(steps):
+        step(state)
+    if "running" in state:
+        state["running"].tolist()  # the engine's one host sync, as when logging every N steps
+    _sync(device)
+    return (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
+
+
+# --------------------------------------------------------- counting the work
+def forward_flops(config, tokens: int) -> float:
+    """Multiply-add FLOPs (2 per multiply-add) of one forward pass of a text transformer over ``tokens`` tokens.
+
+    Per layer: the four ``d x d`` projections (q, k, v, out) and the two
+    ``d x ff`` MLP matrices on every token, ``2 n (4 d^2 + 2 d ff)``, plus
+    attention's two ``n x n x d`` products (scores and the weighted sum),
+    ``4 n^2 d``. Embeddings are lookups, and layer norms, softmax and
+    activations are a few FLOPs per element: left out (under 1%).
+    """
+    d, ff, layers, n = config.hidden_size, config.intermediate_size, config.num_hidden_layers, tokens
+    return layers * (2 * n * (4 * d * d + 2 * d * ff) + 4 * n * n * d)
+
+
+def pair_flops(experiment: str, teacher_config, student_config, teacher_tokens: int = 77,
+               student_tokens: int = 77) -> float:
+    """Model FLOPs one training pair costs: the teacher's forward on English, the student's forward and
+    backward (twice the forward) on English and Korean: ``T + 2 x 3 S``.
+
+    RoBERTa's pooler (one ``d x d`` layer on the first token) is counted when
+    the experiment trains on it.
+    """
+    teacher = forward_flops(teacher_config, teacher_tokens)
+    student = forward_flops(student_config, student_tokens)
+    if TARGETS[experiment] == "pooled" and getattr(student_config, "model_type", "") == "roberta":
+        student += 2 * student_config.hidden_size ** 2
+    return teacher + 2 * 3 * student
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def peak_dtypes(device: torch.device) -> list[torch.dtype]:
+    """The dtypes whose matmul peak the bench measures: fp32, and the 16-bit types the device computes in."""
+    from .distill import cpu_bf16_supported
+
+    if device.type == "cuda":
+        return [torch.float32, torch.float16] + ([torch.bfloat16] if torch.cuda.get_device_capability(device) >= (8, 0)
+                                                 else [])
+    if device.type == "mps":
+        return [torch.float32, torch.float16]
+    return [torch.float32] + ([torch.bfloat16] if cpu_bf16_supported() else [])
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5,
+                seconds: float = 0.5, clock: str = "wall") -> list[float]:
+    """GFLOP/s of back-to-back ``n x n`` matmuls, one figure per repeat of about ``seconds`` each.
+
+    The machine's practical limit for the step's matrix work, measured in the
+    same process and moment as the step, with the same ``clock`` (``wall``,
+    or ``cpu``: the process's CPU time). Background load only lowers a
+    figure, so the highest repeat is the best estimate of the peak.
+    """
+    now = time.process_time if clock == "cpu" else time.perf_counter
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(device, dtype)
+    b = torch.randn(n, n, generator=g).to(device, dtype)
+    flops = 2 * n ** 3
+    _sync(device)
+    start = now()
+    a @ b  # warm-up; also times one product
+    _sync(device)
+    count = max(1, int(seconds / max(now() - start, 1e-6)))
+    rates = []
+    for _ in range(repeats):
         _sync(device)
-        start = time.perf_counter()
-        target_batch = teacher_batch(e["teacher"], e["t_ids"], e["target"], e["teacher_width"])
-        running += distill_step(e["student"], e["optimizer"], e["scheduler"], e["accelerator"], e["ids"], e["mask"],
-                                target_batch, e["target"], width=e["width"])
+        start = now()
+        for _ in range(count):
+            a @ b
         _sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    running.tolist()  # the one host sync, as when logging every N steps
-    peak = _peak_gb(device)
-    del e
-    return statistics.median(times), peak
+        rates.append(count * flops / max(now() - start, 1e-9) / 1e9)
+    return rates
+
+
+def machine_peaks(device: torch.device, repeats: int = 5, n: int = 2048, seconds: float = 0.5,
+                  clock: str = "wall") -> dict[str, dict]:
+    """``{"fp32": {"best": GFLOP/s, "runs": [...], "n": n}, "bf16": ...}`` for the dtypes of :func:`peak_dtypes`."""
+    out = {}
+    for dtype in peak_dtypes(device):
+        runs = matmul_peak(device, dtype, n=n, repeats=repeats, seconds=seconds, clock=clock)
+        out[_dtype_name(dtype)] = {"best": max(runs), "runs": runs, "n": n}
+    return out
+
+
+def _load() -> float | None:
+    """The 1-minute load average (runnable processes, this one included), where the system has one."""
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+
+
+def _spread(values: list[float]) -> dict:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def _verdict(ratios: list[float], max_spread: float) -> tuple[bool, str]:
+    """Whether the paired ratios agree well enough to state one number, and the sentence that says so."""
+    if len(ratios) < 2:
+        return False, f"{ratios[0]:.2f}x from one repeat: no spread to judge it by (use --repeats 3 or more)"
+    mid = statistics.median(ratios)
+    half_range = (max(ratios) - min(ratios)) / (2 * mid)
+    if min(ratios) <= 1 <= max(ratios):
+        return False, (f"inconclusive: the repeats put the ratio on both sides of 1 ({min(ratios):.2f}-"
+                       f"{max(ratios):.2f}x); measure longer blocks (--seconds) or more repeats on a quieter machine")
+    if half_range > max_spread:
+        return False, (f"spread too wide to conclude: {min(ratios):.2f}-{max(ratios):.2f}x (+/-{100 * half_range:.0f}% "
+                       f"> {100 * max_spread:.0f}%); measure longer blocks (--seconds) or more repeats on a quieter "
+                       f"machine")
+    return True, f"{mid:.2f}x ({min(ratios):.2f}-{max(ratios):.2f}, +/-{100 * half_range:.0f}%)"
+
+
+# On a CPU the bench runs one torch thread and times with the process's CPU time. Background work on a
+# 2-core machine time-shares the cores: it stretches wall-clock time (a 1-thread matmul measured 37 instead
+# of 110 GFLOP/s of wall time beside two busy processes, while its CPU time still gave 110), and a
+# 2-thread step stalls whenever one of its threads waits for a core. CPU time counts only what the bench's
+# one thread computed. Blocks of ~10 s and 5 paired repeats then gave ratios within +/-10%
+# (README, "성능"); batch 8 keeps the matrices big enough for a steady rate.
+CPU_DEFAULTS = dict(batch_size=8, warmup=3, seconds=10.0, repeats=5, min_steps=2, threads=1, clock="cpu")
+GPU_DEFAULTS = dict(batch_size=32, warmup=5, seconds=3.0, repeats=5, min_steps=10, threads=None, clock="wall")
+MAX_SPREAD = 0.10
+CLOCKS = ("cpu", "wall")
+
+
+def run_bench(experiments=("clip", "roberta", "roberta_pooler"), *, device: str | None = None,
+              batch_size: int | None = None, steps: int | None = None, warmup: int | None = None,
+              repeats: int | None = None, seconds: float | None = None, precision: str = "auto",
+              threads: int | None = None, clock: str | None = None,
+              size: str = "full", max_spread: float = MAX_SPREAD, peaks: bool | dict = True,
+              estimate: bool | None = None,
+              output: str | Path | None = None, progress=None) -> list[dict]:
+    """Both loops per experiment, interleaved, with the spread of their ratio; writes JSON if ``output``.
+
+    Both loops' models stay in memory. After ``warmup`` steps of each, each
+    repeat times a block of reference steps and a block of engine steps back
+    to back, taking turns at going first (ABBA), and the ratio of the two is
+    one paired ratio: a slow spell of the machine hits both blocks of a pair.
+    A block has ``steps`` steps, or enough steps to last ``seconds`` (at least
+    ``min_steps``), judged from the last warm-up step. On a CPU the bench runs
+    ``threads`` torch threads (default 1) and times with ``clock="cpu"``, the
+    process's CPU time, which other processes sharing the cores do not stretch;
+    ``clock="wall"`` (the GPU default) times wall-clock seconds, and wall-clock
+    pairs/s are recorded either way. Reported: min, median
+    and max pairs/s of each loop, the paired ratios and a verdict
+    (:func:`_verdict`): one number only when the ratios lie within
+    ``max_spread`` (half-range over median) and on one side of 1.
+
+    The rows also carry the model FLOPs per pair (:func:`pair_flops`, at the
+    token columns each loop computes), the achieved TFLOP/s, and their share
+    of the matmul peak measured in the same run (:func:`machine_peaks`; or
+    ``peaks`` given as its result) for the loop's precision: the model-FLOPs
+    utilisation (MFU). On a CPU, rows
+    get ``gpu_estimate_peak_gb`` (``estimate_gpu_memory`` at batch 32) unless
+    ``estimate=False``.
+    """
+    dev = torch.device(device or default_device())
+    defaults = GPU_DEFAULTS if dev.type in ("cuda", "mps") else CPU_DEFAULTS
+    batch_size = batch_size or defaults["batch_size"]
+    warmup = defaults["warmup"] if warmup is None else warmup
+    repeats = repeats or defaults["repeats"]
+    seconds = seconds or defaults["seconds"]
+    estimate = dev.type == "cpu" if estimate is None else estimate
+    clock = clock or defaults["clock"]
+    if clock not in CLOCKS or (clock == "cpu" and dev.type != "cpu"):
+        raise ValueError(f"clock must be one of {CLOCKS} ('cpu' only on a CPU), not {clock!r}")
+    threads = threads or defaults["threads"]
+    saved_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _run_bench(experiments, dev, defaults, batch_size, steps, warmup, repeats, seconds, precision, clock,
+                          size, max_spread, peaks, estimate, output, progress or (lambda text: None))
+    finally:
+        torch.set_num_threads(saved_threads)
+
+
+def _run_bench(experiments, dev, defaults, batch_size, steps, warmup, repeats, seconds, precision, clock, size,
+               max_spread, peaks, estimate, output, say) -> list[dict]:
+    load_before = _load()
+    peak = peaks if isinstance(peaks, dict) else (machine_peaks(dev, clock=clock) if peaks else {})
+    pick = 1 if clock == "cpu" else 0
+    rows = []
+    for experiment in experiments:
+        say(f"{experiment}: building both loops")
+        _peak_start(dev)
+        ref = _reference(experiment, batch_size, dev, size)
+        eng = _engine(experiment, batch_size, dev, size, precision)
+        loops = {"reference": (reference_step, ref), "fast": (fast_step, eng)}
+        step_s = {}
+        for name, (step, state) in loops.items():
+            for _ in range(max(warmup - 1, 0)):
+                step(state)
+            step_s[name] = _timed_block(step, state, 1, dev)[pick]  # the last warm-up step sizes the blocks
+        n_steps = {name: steps or max(defaults["min_steps"], math.ceil(seconds / step_s[name])) for name in loops}
+        times = {name: [] for name in loops}
+        walls = {name: [] for name in loops}
+        for i in range(repeats):
+            order = ("reference", "fast") if i % 2 == 0 else ("fast", "reference")
+            for name in order:
+                step, state = loops[name]
+                measured = _timed_block(step, state, n_steps[name], dev)
+                times[name].append(measured[pick])
+                walls[name].append(measured[0])
+            say(f"{experiment}: repeat {i + 1}/{repeats}: reference {times['reference'][-1]:.2f} s/step, "
+                f"fast {times['fast'][-1]:.2f} s/step ({clock} clock; wall {walls['reference'][-1]:.2f} / "
+                f"{walls['fast'][-1]:.2f})")
+        ratios = [r / f for r, f in zip(times["reference"], times["fast"])]
+        stable, verdict = _verdict(ratios, max_spread)
+        teacher_cfg, student_cfg = ref["teacher"].config, ref["student"].config
+        fast_precision = eng["precision"]
+        row = {"experiment": experiment, "device": device_name(dev), "batch_size": batch_size, "repeats": repeats,
+               "warmup": warmup, "steps": n_steps, "block_seconds": seconds, "clock": clock,
+               "threads": torch.get_num_threads(),
+               "fast_precision": f"student autocast {fast_precision}, teacher {_dtype_name(eng['teacher_dtype'])}",
+               "reference_precision": "fp32",
+               "reference_pairs_per_s": _spread([batch_size / t for t in times["reference"]]),
+               "fast_pairs_per_s": _spread([batch_size / t for t in times["fast"]]),
+               "reference_wall_pairs_per_s": _spread([batch_size / t for t in walls["reference"]]),
+               "fast_wall_pairs_per_s": _spread([batch_size / t for t in walls["fast"]]),
+               "wall_ratios": [r / f for r, f in zip(walls["reference"], walls["fast"])],
+               "ratios": ratios, "speedup": statistics.median(ratios), "ratio_min": min(ratios),
+               "ratio_max": max(ratios), "stable": stable, "verdict": verdict,
+               "peak_gb": _peak_gb(dev)}
+        widths = {"reference": (77, 77), "fast": (eng["teacher_width"] or 77, eng["width"] or 77)}
+        compute = {"reference": "fp32", "fast": "bf16" if fast_precision == "bf16" else
+                   ("fp16" if fast_precision == "fp16" else "fp32")}
+        for name in loops:
+            flops = pair_flops(experiment, teacher_cfg, student_cfg, *widths[name])
+            achieved = flops * row[f"{name}_pairs_per_s"]["median"]
+            row[f"{name}_pair_gflops"] = flops / 1e9
+            row[f"{name}_tflops"] = achieved / 1e12
+            limit = peak.get(compute[name], {}).get("best")
+            row[f"{name}_mfu"] = achieved / (limit * 1e9) if limit else None
+            row[f"{name}_mfu_of"] = compute[name]
+        del loops, ref, eng
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+        if estimate:  # no GPU to measure: count the tensors a CUDA step at the study's batch keeps alive
+            say(f"{experiment}: estimating GPU memory at batch 32")
+            row["gpu_estimate_peak_gb"] = estimate_gpu_memory(experiment, 32, size)["peak_gb"]
+        rows.append(row)
+    for row in rows:
+        row["load_average"] = {"before": load_before, "after": _load(), "cpus": os.cpu_count()}
+        if peak:
+            row["matmul_peak_gflops"] = peak
+    if output is not None:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(json.dumps(rows, indent=2) + "\n")
+    return rows
 
 
 PHASES = ("teacher", "student forward", "backward", "optimizer")
 
 
 def step_phases(experiment: str, batch_size: int | None = None, steps: int = 3, warmup: int = 1,
-                device: str | None = None, size: str = "full") -> dict[str, float]:
+                device: str | None = None, size: str = "full", precision: str = "auto") -> dict[str, float]:
     """Where the engine's step spends its time: median milliseconds per phase.
 
     Runs the pieces ``distill_step`` is made of (``teacher_batch``,
@@ -215,9 +494,9 @@ def step_phases(experiment: str, batch_size: int | None = None, steps: int = 3, 
     """
     from .distill import student_loss, update
 
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    batch_size = batch_size or (32 if dev.type == "cuda" else 4)
-    e = _engine(experiment, batch_size, dev, size)
+    dev = torch.device(device or default_device())
+    batch_size = batch_size or (GPU_DEFAULTS if dev.type in ("cuda", "mps") else CPU_DEFAULTS)["batch_size"]
+    e = _engine(experiment, batch_size, dev, size, precision)
     times = {name: [] for name in PHASES}
     for i in range(warmup + steps):
         marks = [time.perf_counter()]
@@ -325,70 +604,63 @@ def estimate_gpu_memory(experiment: str, batch_size: int = 32, size: str = "full
             "peak_gb": live.peak / 1024 ** 3}
 
 
-def run_bench(experiments=("clip", "roberta", "roberta_pooler"), *, device: str | None = None,
-              batch_size: int | None = None, steps: int | None = None, warmup: int | None = None,
-              repeats: int = 3, size: str = "full", output: str | Path | None = None) -> list[dict]:
-    """Median pairs/s and peak memory of both loops per experiment; writes JSON if ``output``.
-
-    Defaults: the study's batch 32 on CUDA (5 warm-up + 20 measured steps);
-    batch 4 on CPU (1 + 3 steps). Each loop is measured ``repeats`` times,
-    the two loops taking turns. On CPU each row also gets
-    ``gpu_estimate_peak_gb``: ``estimate_gpu_memory`` at batch 32.
-    """
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    on_gpu = dev.type == "cuda"
-    batch_size = batch_size or (32 if on_gpu else 4)
-    steps = steps or (20 if on_gpu else 3)
-    warmup = 5 if warmup is None and on_gpu else (1 if warmup is None else warmup)
-    rows = []
-    for experiment in experiments:
-        row = {"experiment": experiment, "device": device_name(dev), "batch_size": batch_size, "repeats": repeats,
-               "fast_precision": f"student autocast {mixed_precision(dev)}, teacher "
-                                 f"{str(teacher_dtype(dev)).removeprefix('torch.')}",
-               "reference_precision": "fp32"}
-        runs = {"reference": [], "fast": []}
-        for _ in range(repeats):  # alternate the loops, so a slow spell of the machine hits both
-            for name, fn in (("reference", reference_steps), ("fast", fast_steps)):
-                runs[name].append(fn(experiment, batch_size, steps, warmup, dev, size))
-                if on_gpu:
-                    torch.cuda.empty_cache()
-        for name, measured in runs.items():
-            seconds = statistics.median(r[0] for r in measured)
-            peaks = [r[1] for r in measured if r[1] is not None]
-            row[f"{name}_pairs_per_s"] = batch_size / seconds
-            row[f"{name}_peak_gb"] = max(peaks) if peaks else None
-        row["speedup"] = row["fast_pairs_per_s"] / row["reference_pairs_per_s"]
-        if not on_gpu:  # no GPU to measure: count the tensors a CUDA step at the study's batch keeps alive
-            row["gpu_estimate_peak_gb"] = estimate_gpu_memory(experiment, 32, size)["peak_gb"]
-        rows.append(row)
-    if output is not None:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Path(output).write_text(json.dumps(rows, indent=2) + "\n")
-    return rows
+def _peaks_line(peak: dict) -> str:
+    parts = []
+    for name, p in peak.items():
+        runs = p["runs"]
+        parts.append(f"{name} {p['best']:.0f} GFLOP/s (best of {len(runs)}; {min(runs):.0f}-{max(runs):.0f})")
+    n = next(iter(peak.values())).get("n", 2048)
+    return f"matmul peak, {n} x {n}, same run: " + ", ".join(parts)
 
 
 def format_table(rows: list[dict]) -> str:
-    """A plain-text table of ``run_bench`` rows, the device on the first line."""
+    """A plain-text report of ``run_bench`` rows: settings, pairs/s min/median/max, the ratio or why there
+    is none, FLOP/s and MFU."""
+    r0 = rows[0]
     devices = sorted({r["device"] for r in rows})
     precisions = sorted({r.get("fast_precision", "?") for r in rows})
     lines = [f"device: {', '.join(devices)}; reference loop fp32, fast loop {', '.join(precisions)}",
-             f"{'experiment':16} {'batch':>5} {'reference pairs/s':>18} {'fast pairs/s':>13} "
-             f"{'speedup':>8} {'ref peak GB':>11} {'fast peak GB':>12}"]
-    estimates = any("gpu_estimate_peak_gb" in r for r in rows)
-    if estimates:
-        lines[1] += f" {'est. GPU GB @32':>15}"
+             f"batch {r0['batch_size']}, {r0['threads']} torch thread(s), {r0['clock']} clock"
+             f"{' (process CPU time)' if r0['clock'] == 'cpu' else ''}, {r0['warmup']} warm-up steps per loop, "
+             f"{r0['repeats']} paired repeats, blocks of about {r0['block_seconds']:g} s taking turns at going first"]
+    load = r0.get("load_average") or {}
+    if load.get("before") is not None:
+        lines.append(f"load average (1 min) before / after: {load['before']:.1f} / {load['after']:.1f} on "
+                     f"{load['cpus']} CPUs (above the bench's own threads: other work ran beside it)")
+    if r0.get("matmul_peak_gflops"):
+        lines.append(_peaks_line(r0["matmul_peak_gflops"]))
+    lines.append(f"{'experiment':16} {'steps/block':>11} {'reference pairs/s':>20} {'fast pairs/s':>20}  "
+                 f"{'fast / reference':<}")
+    lines.append(f"{'':16} {'ref/fast':>11} {'min / median / max':>20} {'min / median / max':>20}")
     for r in rows:
-        ref_peak = "n/a" if r["reference_peak_gb"] is None else f"{r['reference_peak_gb']:.2f}"
-        fast_peak = "n/a" if r["fast_peak_gb"] is None else f"{r['fast_peak_gb']:.2f}"
-        line = (f"{r['experiment']:16} {r['batch_size']:5d} "
-                f"{r['reference_pairs_per_s']:18.2f} {r['fast_pairs_per_s']:13.2f} {r['speedup']:7.2f}x "
-                f"{ref_peak:>11} {fast_peak:>12}")
-        if estimates:
-            line += f" {r.get('gpu_estimate_peak_gb', float('nan')):15.2f}"
+        ref, fast = r["reference_pairs_per_s"], r["fast_pairs_per_s"]
+        lines.append(f"{r['experiment']:16} {r['steps']['reference']:>5}/{r['steps']['fast']:<5} "
+                     f"{ref['min']:6.2f}/{ref['median']:6.2f}/{ref['max']:6.2f} "
+                     f"{fast['min']:6.2f}/{fast['median']:6.2f}/{fast['max']:6.2f}  {r['verdict']}")
+    if r0["clock"] == "cpu":
+        walls = ", ".join(f"{r['experiment']} {min(r['wall_ratios']):.2f}-{max(r['wall_ratios']):.2f}x" for r in rows)
+        lines.append(f"pairs/s per CPU-second of the bench's thread(s); the wall-clock ratios of the same blocks: "
+                     f"{walls}")
+    lines.append("")
+    lines.append(f"{'experiment':16} {'GFLOP/pair ref/fast':>20} {'TFLOP/s ref/fast':>17} "
+                 f"{'MFU ref':>12} {'MFU fast':>12} {'peak RSS GB':>11}" +
+                 (f" {'est. GPU GB @32':>15}" if any("gpu_estimate_peak_gb" in r for r in rows) else ""))
+    for r in rows:
+        mfu = {name: ("n/a" if r[f"{name}_mfu"] is None else f"{100 * r[f'{name}_mfu']:.0f}% {r[f'{name}_mfu_of']}")
+               for name in ("reference", "fast")}
+        rss = "n/a" if r.get("peak_gb") is None else f"{r['peak_gb']:.2f}"
+        line = (f"{r['experiment']:16} {r['reference_pair_gflops']:9.1f}/{r['fast_pair_gflops']:<10.1f} "
+                f"{r['reference_tflops']:8.3f}/{r['fast_tflops']:<8.3f} {mfu['reference']:>12} {mfu['fast']:>12} "
+                f"{rss:>11}")
+        if "gpu_estimate_peak_gb" in r:
+            line += f" {r['gpu_estimate_peak_gb']:15.2f}"
         lines.append(line)
-    if estimates:
-        lines.append("peak GB on CPU: the process's resident memory; est. GPU GB @32: live tensors of one engine "
-                     "step at batch 32 with CUDA's precision (kdutils.bench.estimate_gpu_memory)")
+    lines.append("GFLOP/pair: model FLOPs of one pair at the token columns each loop computes (teacher forward + "
+                 "student forward and backward on en and ko); MFU: achieved FLOP/s over the matmul peak of the "
+                 "loop's precision; peak RSS: the process, both loops' models resident")
+    if any("gpu_estimate_peak_gb" in r for r in rows):
+        lines.append("est. GPU GB @32: live tensors of one engine step at batch 32 with CUDA's precision "
+                     "(kdutils.bench.estimate_gpu_memory)")
     return "\n".join(lines)
 
 

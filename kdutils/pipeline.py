@@ -59,7 +59,14 @@ def quiet_encoder_swap():
 
 
 def _dtype(device: str) -> torch.dtype:
-    return torch.float16 if device == "cuda" else torch.float32
+    """The sampling dtype: fp16 on CUDA, fp32 on Apple's MPS and on the CPU.
+
+    MPS stays in fp32, the dtype diffusers' own MPS guide runs SD in (with
+    attention slicing under 64 GB of memory): every MPS device computes fp32,
+    while how fp16 behaves there depends on the torch and macOS versions, and
+    no Mac was at hand to check it. The CPU samples in fp32 as before.
+    """
+    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
 
 
 def _fit_memory(pipe, device: str) -> None:

@@ -53,8 +53,21 @@ def test_forcing_bf16_on_a_gpu_without_bf16_units_warns(fake_gpu):
     assert D.mixed_precision("cuda", "fp16") == "fp16" and D.mixed_precision("cuda", "no") == "no"
 
 
-def test_cpu_precision_choices():
+@pytest.fixture
+def cpu_bf16(monkeypatch):
+    """Pretend the CPU has (True) or lacks (False) bf16 matrix units."""
+
+    def install(supported: bool):
+        monkeypatch.setattr(D, "cpu_bf16_supported", lambda: supported)
+
+    return install
+
+
+def test_cpu_precision_choices(cpu_bf16):
+    cpu_bf16(False)
     assert D.mixed_precision("cpu", "auto") == "no"
+    cpu_bf16(True)
+    assert D.mixed_precision("cpu", "auto") == "bf16"
     assert D.mixed_precision("cpu", "bf16") == "bf16"
     assert D.mixed_precision("cpu", "no") == "no"
     with pytest.raises(ValueError, match="fp16 autocast needs a CUDA GPU"):
@@ -63,14 +76,45 @@ def test_cpu_precision_choices():
         D.mixed_precision("cpu", "fp8")
 
 
-def test_the_profile_field_comes_from_the_environment_and_is_checked(monkeypatch):
-    assert kd.get_profile("tiny").mixed_precision == "auto"
-    monkeypatch.setenv("KDSD_MIXED_PRECISION", "bf16")
-    assert kd.get_profile("tiny").mixed_precision == "bf16"
-    assert kd.get_profile("tiny", mixed_precision="no").mixed_precision == "no"  # keywords win
-    monkeypatch.setenv("KDSD_MIXED_PRECISION", "half")
-    with pytest.raises(ValueError, match="unknown mixed_precision 'half'"):
-        kd.get_profile("tiny")
+@pytest.mark.parametrize("avx512_bf16, amx, capability, expected", [
+    (True, False, "AVX512", True),  # this workplace's AMD EPYC: the capability string says only AVX512
+    (False, True, "AVX512", True),  # AMX (Sapphire Rapids and newer)
+    (False, False, "AVX512", False),
+    (False, False, "AVX2", False),
+    (False, False, "AMX_BF16", True),  # a build that names it in the capability string
+])
+def test_cpu_bf16_detection_reads_torchs_probes_not_only_the_capability_string(monkeypatch, avx512_bf16, amx,
+                                                                               capability, expected):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert D.cpu_bf16_supported() is expected
+
+
+def test_teacher_dtype_follows_device_and_precision():
+    assert D.teacher_dtype("cuda") == torch.float16
+    assert D.teacher_dtype("cpu", "bf16") == torch.bfloat16
+    assert D.teacher_dtype("cpu", "no") == D.teacher_dtype("cpu") == torch.float32
+    assert D.teacher_dtype("mps", "no") == torch.float32
+
+
+def test_apple_gpus_are_picked_and_get_precisions_mps_supports(monkeypatch):
+    """A Mac: no CUDA, MPS available (mocked; no Mac here)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    for name in ("tiny", "class"):
+        assert kd.get_profile(name).torch_device == "mps"
+    assert kd.get_profile("tiny", device="cpu").torch_device == "cpu"  # an explicit device wins
+    assert D.mixed_precision("mps", "auto") == "no"  # training in fp32, which every MPS device runs
+    assert D.teacher_dtype("mps", D.mixed_precision("mps")) == torch.float32
+    from kdutils.pipeline import _dtype
+
+    assert _dtype("mps") == torch.float32 and _dtype("cuda") == torch.float16 and _dtype("cpu") == torch.float32
+    from kdutils.bench import default_device
+
+    assert default_device() == "mps"
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert kd.get_profile("tiny").torch_device == "cpu"
 
 
 # ------------------------------------------------ the engine under bf16
@@ -132,7 +176,7 @@ def test_bf16_really_trains_in_bf16_and_resumes_bit_identically(setting):
     cfg = base.replace(mixed_precision="bf16")
     out = Path(cfg.output_dir) / "resume"
     full = D.distill(cfg, "roberta", splits, output_dir=out / "full", progress=False)
-    fp32 = D.distill(base, "roberta", splits, output_dir=out / "fp32", progress=False)
+    fp32 = D.distill(base.replace(mixed_precision="no"), "roberta", splits, output_dir=out / "fp32", progress=False)
     assert _sha(full.output_dir / "last") != _sha(fp32.output_dir / "last"), "autocast must change the arithmetic"
     part = D.distill(cfg, "roberta", splits, output_dir=out / "cut", stop_after=4, progress=False)
     assert not part.finished
@@ -143,6 +187,26 @@ def test_bf16_really_trains_in_bf16_and_resumes_bit_identically(setting):
     from safetensors.torch import load_file
 
     assert {t.dtype for t in load_file(str(full.best_dir / "model.safetensors")).values()} == {torch.float32}
+
+
+def test_bf16_keeps_the_best_val_loss_within_5_percent_of_fp32(tmp_path, capsys):
+    """The tiny profile's settings (lr 3e-3, batch 16) on 320 pairs, 20 steps: bf16 autocast and a bf16
+    teacher against fp32. The precision shows in the log line and metrics.json."""
+    from datasets import DatasetDict
+
+    cfg = kd.get_profile("tiny", output_dir=str(tmp_path), num_epochs=1, eval_every=10)
+    splits = kd.data.prepare_splits(cfg)
+    small = DatasetDict({"train": splits["train"].select(range(320)), "val": splits["val"].select(range(48)),
+                         "test": splits["test"].select(range(16))})
+    runs = {p: D.distill(cfg.replace(mixed_precision=p), "roberta", small, output_dir=tmp_path / p)
+            for p in ("no", "bf16")}
+    fp32, bf16 = runs["no"].best_val_loss, runs["bf16"].best_val_loss
+    assert runs["no"].history[0]["val_loss"] > 3 * fp32, "both runs really learn"
+    assert abs(bf16 - fp32) <= 0.05 * fp32, (bf16, fp32)
+    log = capsys.readouterr().out
+    assert "student autocast bf16, teacher bfloat16" in log and "student autocast off (fp32), teacher float32" in log
+    meta = json.loads((tmp_path / "bf16" / "metrics.json").read_text())
+    assert (meta["mixed_precision"], meta["teacher_dtype"]) == ("bf16", "bfloat16")
 
 
 def test_a_bf16_student_exports_and_reloads_with_plain_diffusers(setting, tmp_path):

@@ -53,5 +53,5 @@ def test_setup_prints_the_profile_once_and_says_which_world_tiny_numbers_come_fr
     cfg = kdutils.setup("tiny", output_dir=str(tmp_path / "out"))
     printed = capsys.readouterr().out
     assert printed.count("profile=tiny") == 1 and "toy world" in printed and "not SD v1.4" in printed
-    assert (tmp_path / "out").is_dir() and cfg.torch_device in ("cpu", "cuda")
+    assert (tmp_path / "out").is_dir() and cfg.torch_device in ("cpu", "cuda", "mps")
     assert "not SD v1.4" in cfg.world and get_profile("class").world == "CompVis/stable-diffusion-v1-4"
