@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -69,10 +70,19 @@ def _dtype(device: str) -> torch.dtype:
     return torch.float16 if torch.device(device).type == "cuda" else torch.float32
 
 
+def _memory_bytes() -> int:
+    """This machine's RAM (on a Mac the Apple GPU shares it)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def _fit_memory(pipe, device: str) -> None:
-    """Batched VAE decoding in slices; sliced attention on GPUs under 16 GB."""
+    """Batched VAE decoding in slices; sliced attention on GPUs under 16 GB, and on Macs under 64 GB
+    (diffusers' advice for Apple GPUs, which share the machine's memory)."""
     pipe.vae.enable_slicing()
-    if device == "cuda" and torch.cuda.get_device_properties(0).total_memory < 16 * 1024 ** 3:
+    kind = torch.device(device).type
+    if kind == "cuda" and torch.cuda.get_device_properties(0).total_memory < 16 * 1024 ** 3:
+        pipe.enable_attention_slicing()
+    elif kind == "mps" and _memory_bytes() < 64 * 1024 ** 3:
         pipe.enable_attention_slicing()
 
 

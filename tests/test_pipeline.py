@@ -260,3 +260,22 @@ def test_sampling_shows_a_bar_over_batches_only_when_there_are_several(cfg, pipe
     P.generate(pipe, prompts, latents, num_inference_steps=1, batch_size=1, progress=False)
     P.generate(pipe, prompts, latents, num_inference_steps=1, batch_size=2, progress=True)
     assert shown == [True, False, False, True]
+
+
+@pytest.mark.parametrize("device, gib, sliced", [("mps", 16, True), ("mps", 96, False), ("cpu", 16, False)])
+def test_apple_gpus_under_64_gb_slice_attention(monkeypatch, device, gib, sliced):
+    calls = []
+
+    class Fake:
+        class vae:
+            @staticmethod
+            def enable_slicing():
+                calls.append("vae")
+
+        @staticmethod
+        def enable_attention_slicing():
+            calls.append("attention")
+
+    monkeypatch.setattr(P, "_memory_bytes", lambda: gib * 1024 ** 3)
+    P._fit_memory(Fake, device)
+    assert calls == ["vae", "attention"] if sliced else calls == ["vae"]
