@@ -908,8 +908,10 @@ def outdated(cfg, metrics: dict, splits) -> list[str]:
         why.append(f"from teacher {metrics.get('teacher')!r}, not {cfg.sd_id!r}")
     if metrics.get("data_fingerprint") != fingerprint(splits):
         why.append("on other pairs than this profile's splits")
-    if metrics.get("experiment") != "clip" and metrics.get("student_padding", "pad") != cfg.student_padding:
-        why.append(f"with {metrics.get('student_padding', 'pad')!r} padding, not {cfg.student_padding!r}")
+    # runs from before the meta recorded padding are caught by their pairs (the [PAD] students trained on world v1)
+    padding = metrics.get("student_padding")
+    if metrics.get("experiment") != "clip" and padding is not None and padding != cfg.student_padding:
+        why.append(f"with {padding!r} padding, not {cfg.student_padding!r}")
     return why
 
 

@@ -181,10 +181,11 @@ def test_a_student_from_an_older_course_or_other_settings_is_used_with_a_warning
     current = {"experiment": "roberta", "teacher": cfg.sd_id, "data_fingerprint": kd.data.fingerprint(splits),
                "student_padding": cfg.student_padding, "best_step": 3}
     assert D.outdated(cfg, current, splits) == []
-    old = {**current, "student_padding": None}
-    del old["student_padding"]  # written before the course recorded padding: it padded with [PAD]
+    old = {**current, "student_padding": "pad"}  # the study's [PAD]
     (run / "metrics.json").write_text(__import__("json").dumps(old))
     monkeypatch.setattr(D, "distill", lambda *a, **k: pytest.fail("an outdated student is not retrained unasked"))
     with pytest.warns(UserWarning, match=r"'pad' padding, not 'mask'.*delete"):
         assert D.ensure_trained(cfg, "roberta") == run / "best"
     assert D.outdated(cfg, {**current, "data_fingerprint": "x"}, splits) == ["on other pairs than this profile's splits"]
+    unrecorded = {key: value for key, value in current.items() if key != "student_padding"}
+    assert D.outdated(cfg, unrecorded, splits) == [], "a run that did not record its padding is not accused of [PAD]"
