@@ -139,10 +139,10 @@ def _bench(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from .bench import default_device, format_phases, format_table, run_bench, step_phases
-    from .profiles import output_root
+    from .bench import format_phases, format_table, run_bench, step_phases
+    from .profiles import auto_device, output_root
 
-    device = args.device or default_device()
+    device = args.device or auto_device()
     experiments = args.experiment or EXPERIMENTS
     if args.phases:
         rows = [{"experiment": e, **step_phases(e, args.batch_size, args.steps or 3, device=device,

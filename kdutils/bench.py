@@ -31,6 +31,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from .distill import (TARGETS, distill_step, make_accelerator, make_optimizer, mixed_precision, step_width,
                       teacher_batch, teacher_dtype)
+from .profiles import auto_device
 
 CLIP_L14_TEXT = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                      num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
@@ -136,13 +137,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
     elif device.type == "mps":
         torch.mps.synchronize()
-
-
-def default_device() -> str:
-    """``cuda``, else ``mps``, else ``cpu``: what the profiles pick."""
-    from .profiles import auto_device
-
-    return auto_device()
 
 
 # ------------------------------------------------------------- the two loops
@@ -385,7 +379,7 @@ def run_bench(experiments=("clip", "roberta", "roberta_pooler"), *, device: str 
     get ``gpu_estimate_peak_gb`` (``estimate_gpu_memory`` at batch 32) unless
     ``estimate=False``.
     """
-    dev = torch.device(device or default_device())
+    dev = torch.device(device or auto_device())
     defaults = GPU_DEFAULTS if dev.type in ("cuda", "mps") else CPU_DEFAULTS
     batch_size = batch_size or defaults["batch_size"]
     warmup = defaults["warmup"] if warmup is None else warmup
@@ -454,8 +448,7 @@ def _run_bench(experiments, dev, defaults, batch_size, steps, warmup, repeats, s
                "ratio_max": max(ratios), "stable": stable, "verdict": verdict,
                "peak_gb": _peak_gb(dev)}
         widths = {"reference": (77, 77), "fast": (eng["teacher_width"] or 77, eng["width"] or 77)}
-        compute = {"reference": "fp32", "fast": "bf16" if fast_precision == "bf16" else
-                   ("fp16" if fast_precision == "fp16" else "fp32")}
+        compute = {"reference": "fp32", "fast": {"no": "fp32"}.get(fast_precision, fast_precision)}
         for name in loops:
             flops = pair_flops(experiment, teacher_cfg, student_cfg, *widths[name])
             achieved = flops * row[f"{name}_pairs_per_s"]["median"]
@@ -494,7 +487,7 @@ def step_phases(experiment: str, batch_size: int | None = None, steps: int = 3, 
     """
     from .distill import student_loss, update
 
-    dev = torch.device(device or default_device())
+    dev = torch.device(device or auto_device())
     batch_size = batch_size or (GPU_DEFAULTS if dev.type in ("cuda", "mps") else CPU_DEFAULTS)["batch_size"]
     e = _engine(experiment, batch_size, dev, size, precision)
     times = {name: [] for name in PHASES}

@@ -879,9 +879,8 @@ def load_metrics(cfg, experiment: str) -> dict:
     given = trained_student_source(cfg, experiment)
     if given is not None:
         beside = given.parent / "metrics.json"
-        if beside.is_file() and json.loads(beside.read_text(encoding="utf-8")).get("experiment") == experiment:
-            metrics = json.loads(beside.read_text(encoding="utf-8"))
-        else:
+        metrics = json.loads(beside.read_text(encoding="utf-8")) if beside.is_file() else {}
+        if metrics.get("experiment") != experiment:
             meta = json.loads((given / "kdsd_meta.json").read_text(encoding="utf-8"))
             metrics = {**meta, "best_step": meta.get("step"), "test": None, "history": [], "train_log": []}
         return {**metrics, "best_dir": str(given), "source": str(given)}

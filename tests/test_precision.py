@@ -110,9 +110,9 @@ def test_apple_gpus_are_picked_and_get_precisions_mps_supports(monkeypatch):
     from kdutils.pipeline import _dtype
 
     assert _dtype("mps") == torch.float32 and _dtype("cuda") == torch.float16 and _dtype("cpu") == torch.float32
-    from kdutils.bench import default_device
+    from kdutils.profiles import auto_device  # what the bench and every profile pick
 
-    assert default_device() == "mps"
+    assert auto_device() == "mps"
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     assert kd.get_profile("tiny").torch_device == "cpu"
 
