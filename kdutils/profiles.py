@@ -10,7 +10,9 @@ whole method runs offline on a laptop CPU in minutes and can be measured there.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -116,9 +118,10 @@ class Profile:
         return path
 
     def replace(self, **changes: Any) -> "Profile":
-        """A copy with some values changed (unknown names raise)."""
+        """A copy with some values changed (unknown names and values out of range raise)."""
         _check_names(changes)
-        return dataclasses.replace(self, **changes)
+        return dataclasses.replace(self, **{name: _checked(name, value, f"replace({name}={value!r})")
+                                            for name, value in changes.items()})
 
     def summary(self) -> str:
         """Two lines that say which profile is active and its main sizes."""
@@ -202,23 +205,127 @@ def _check_names(values: dict[str, Any]) -> None:
         raise TypeError(f"unknown profile value(s) {unknown}; known: {sorted(known)}")
 
 
-def _parse(text: str, default: Any) -> Any:
-    """Read an environment string as the type of the profile's value."""
-    if text.lower() in ("none", "null", ""):
+def _positive(v) -> bool:
+    return v > 0
+
+
+def _at_least(low):
+    return lambda v: v >= low
+
+
+def _device_problem(text: str) -> bool:
+    import torch
+
+    if text == "auto":
+        return False
+    try:
+        torch.device(text)
+    except (RuntimeError, ValueError):
+        return True
+    return False
+
+
+def _folder_problem(text: str) -> str | None:
+    """Why no run could write below ``text`` (None when it can; empty means outputs/<profile>)."""
+    if not text:
         return None
-    if isinstance(default, bool):
-        return text.lower() in ("1", "true", "yes")
-    if isinstance(default, int):
-        return int(float(text))
-    if isinstance(default, float):
-        return float(text)
-    if default is None:
-        for kind in (int, float):
-            try:
-                return kind(text)
-            except ValueError:
-                pass
-    return text
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        return f"{path} is a file, not a folder"
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is a file, so no folder can be made below it"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"this user cannot write to {parent}"
+    return None
+
+
+# what each value may be, beyond its type: (test, a valid value in words); output_dir has its own check
+_RANGES: dict[str, tuple] = {
+    "sd_id": (bool, "a model id or folder"),
+    "student_id": (bool, "a model id or folder"),
+    "scorer_id": (bool, "a model id or folder"),
+    "data_source": (bool, "'bundled', 'toyworld', a file or folder, or a hub dataset id"),
+    "num_pairs": (_at_least(1), "a whole number >= 1, or none for every pair"),
+    "num_epochs": (_at_least(1), "a whole number >= 1"),
+    "batch_size": (_at_least(1), "a whole number >= 1"),
+    "lr": (_positive, "a number > 0, e.g. 5e-5"),
+    "weight_decay": (_at_least(0), "a number >= 0"),
+    "warmup_ratio": (lambda v: 0 <= v <= 1, "a share of the steps between 0 and 1"),
+    "max_length": (lambda v: 2 <= v <= 77, "a whole number from 2 to 77 (SD's text encoders read at most 77 tokens)"),
+    "grad_clip": (_at_least(0), "a number >= 0 (0 turns clipping off)"),
+    "eval_every": (_at_least(1), "a whole number of steps >= 1"),
+    "empty_prompt_weight": (_at_least(0), "a number >= 0 (0 leaves the empty prompt out)"),
+    "student_padding": (lambda v: v in PADDINGS, f"one of {PADDINGS}"),
+    "image_size": (lambda v: v >= 8 and v % 8 == 0, "a multiple of 8 pixels (SD's VAE halves it three times)"),
+    "num_inference_steps": (_at_least(1), "a whole number >= 1"),
+    "guidance_scale": (_at_least(0), "a number >= 0"),
+    "sample_batch_size": (_at_least(1), "a whole number >= 1"),
+    "num_eval_prompts": (_at_least(1), "a whole number >= 1, or none for every prompt"),
+    "seed": (lambda v: 0 <= v < 2 ** 32, "a whole number from 0 to 2**32 - 1"),
+    "device": (lambda v: not _device_problem(v), "'auto' or a torch device such as 'cpu', 'cuda', 'cuda:1', 'mps'"),
+    "mixed_precision": (lambda v: v in PRECISIONS, f"one of {PRECISIONS}"),
+}
+
+
+def check_value(name: str, value: Any) -> Any:
+    """``value`` as the type of the profile field ``name`` (text is parsed), or ValueError saying what it may be.
+
+    Whole numbers may come as ``16``, ``16.0``, ``"16"`` or ``"1e3"``, never as
+    ``2.5``; ``none`` gives None where the field allows it. ``output_dir``
+    expands ``~`` and must be a folder that can be written or created.
+    """
+    kind = typing.get_type_hints(Profile)[name]
+    optional = type(None) in typing.get_args(kind)
+    base = next(t for t in (int, float, str) if t is kind or t in typing.get_args(kind))
+    test, what = _RANGES.get(name, (lambda v: True, "text"))
+
+    def refuse(why: str = what):
+        raise ValueError(f"{name} must be {why}, got {value!r}")
+
+    converted = value
+    if isinstance(value, str) and optional and value.strip().lower() in ("none", "null", ""):
+        converted = None
+    elif isinstance(value, str) and base is not str:
+        try:
+            converted = float(value)
+        except ValueError:
+            converted = "not a number"  # refused below, outside this handler
+    elif isinstance(value, Path) and base is str:
+        converted = str(value)
+    if converted is None:
+        if optional:
+            return None
+        refuse()
+    if isinstance(converted, bool) or not isinstance(converted, (int, float) if base is not str else str):
+        refuse()
+    if base is not str:
+        if not math.isfinite(converted):
+            refuse()
+        if base is int:
+            if converted != int(converted):
+                refuse()
+            converted = int(converted)
+        else:
+            converted = float(converted)
+    if name == "output_dir":
+        converted = os.path.expanduser(converted)
+        problem = _folder_problem(converted)
+        if problem:
+            refuse(f"a folder that can be written ({problem})")
+        return converted
+    if not test(converted):
+        refuse()
+    return converted
+
+
+def _checked(name: str, value: Any, where: str) -> Any:
+    try:
+        return check_value(name, value)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
 
 
 def default_profile_name() -> str:
@@ -236,7 +343,11 @@ def default_profile_name() -> str:
 
 def get_profile(name: str | None = None, **overrides: Any) -> Profile:
     """The active profile: ``name`` (or ``KDSD_PROFILE``), then ``KDSD_<VALUE>``
-    environment variables, then keyword overrides, in that order of priority."""
+    environment variables, then keyword overrides, in that order of priority.
+
+    Each value is checked where it enters (``check_value``): a wrong type or a
+    value out of range raises ValueError naming the variable or keyword.
+    """
     name = name or default_profile_name()
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)} (KDSD_PROFILE=...)")
@@ -244,17 +355,12 @@ def get_profile(name: str | None = None, **overrides: Any) -> Profile:
     _check_names(overrides)
     changes: dict[str, Any] = {}
     for f in fields(Profile):
-        env = os.environ.get(ENV_PREFIX + f.name.upper())
+        variable = ENV_PREFIX + f.name.upper()
+        env = os.environ.get(variable)
         if env is not None and f.name != "name":
-            changes[f.name] = _parse(env, getattr(base, f.name))
-    changes.update(overrides)
+            changes[f.name] = _checked(f.name, env, f"{variable}={env!r}")
+    changes.update({name: _checked(name, value, f"{name}={value!r}") for name, value in overrides.items()})
     cfg = dataclasses.replace(base, **changes)
-    if cfg.mixed_precision not in PRECISIONS:
-        raise ValueError(f"unknown mixed_precision {cfg.mixed_precision!r}; choose one of {PRECISIONS} "
-                         f"(KDSD_MIXED_PRECISION=... or setup(mixed_precision=...))")
-    if cfg.student_padding not in PADDINGS:
-        raise ValueError(f"unknown student_padding {cfg.student_padding!r}; choose one of {PADDINGS} "
-                         f"(KDSD_STUDENT_PADDING=... or setup(student_padding=...))")
     if not cfg.output_dir:
         cfg = dataclasses.replace(cfg, output_dir=str(output_root() / cfg.name))
     return cfg

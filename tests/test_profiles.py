@@ -55,3 +55,60 @@ def test_setup_prints_the_profile_once_and_says_which_world_tiny_numbers_come_fr
     assert printed.count("profile=tiny") == 1 and "toy world" in printed and "not SD v1.4" in printed
     assert (tmp_path / "out").is_dir() and cfg.torch_device in ("cpu", "cuda", "mps")
     assert "not SD v1.4" in cfg.world and get_profile("class").world == "CompVis/stable-diffusion-v1-4"
+
+
+def test_every_profile_value_passes_its_own_check():
+    from dataclasses import fields
+
+    from kdutils.profiles import check_value
+
+    for profile in PROFILES.values():
+        for f in fields(profile):
+            if f.name != "name":
+                assert check_value(f.name, getattr(profile, f.name)) == getattr(profile, f.name)
+
+
+@pytest.mark.parametrize("variable, text, message", [
+    ("KDSD_EVAL_EVERY", "0", "KDSD_EVAL_EVERY='0': eval_every must be a whole number of steps >= 1"),
+    ("KDSD_BATCH_SIZE", "-4", "KDSD_BATCH_SIZE='-4': batch_size must be a whole number >= 1"),
+    ("KDSD_NUM_EPOCHS", "2.5", "KDSD_NUM_EPOCHS='2.5': num_epochs must be a whole number >= 1, got '2.5'"),
+    ("KDSD_LR", "abc", "KDSD_LR='abc': lr must be a number > 0"),
+    ("KDSD_LR", "nan", "KDSD_LR='nan': lr must be a number > 0"),
+    ("KDSD_SEED", "-1", "KDSD_SEED='-1': seed must be a whole number from 0 to 2**32 - 1"),
+    ("KDSD_MAX_LENGTH", "100", "KDSD_MAX_LENGTH='100': max_length must be a whole number from 2 to 77"),
+    ("KDSD_DEVICE", "gpu", "KDSD_DEVICE='gpu': device must be 'auto' or a torch device"),
+    ("KDSD_STUDENT_PADDING", "zeros", "KDSD_STUDENT_PADDING='zeros': student_padding must be one of ('mask', 'pad')"),
+    ("KDSD_OUTPUT_DIR", "/dev/null/x", "KDSD_OUTPUT_DIR='/dev/null/x': output_dir must be a folder that can be "
+                                       "written (/dev/null is a file"),
+])
+def test_a_bad_environment_value_is_refused_naming_the_variable(monkeypatch, variable, text, message):
+    """Before, KDSD_NUM_EPOCHS=2.5 trained 2 epochs and KDSD_EVAL_EVERY=0 failed minutes later as a modulo by zero."""
+    monkeypatch.setenv(variable, text)
+    with pytest.raises(ValueError) as err:
+        get_profile("tiny")
+    assert message in str(err.value)
+
+
+def test_keywords_and_replace_are_checked_and_converted_where_the_intent_is_clear(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match=r"eval_every=0: eval_every must be a whole number of steps >= 1"):
+        get_profile("tiny", eval_every=0)
+    with pytest.raises(ValueError, match=r"batch_size=2.5: batch_size must be a whole number >= 1, got 2.5"):
+        get_profile("tiny", batch_size=2.5)
+    with pytest.raises(ValueError, match=r"lr='fast': lr must be a number > 0"):
+        get_profile("tiny", lr="fast")
+    with pytest.raises(ValueError, match=r"num_epochs=True: num_epochs must be a whole number"):
+        get_profile("tiny", num_epochs=True)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(ValueError, match=r"output_dir=.*: output_dir must be a folder that can be written \(.*a-file "
+                                         r"is a file, not a folder\)"):
+        get_profile("tiny", output_dir=str(blocker))
+    with pytest.raises(ValueError, match=r"replace\(lr=-1\): lr must be a number > 0"):
+        get_profile("tiny").replace(lr=-1)
+    cfg = get_profile("tiny", num_pairs=2e4, lr=1, output_dir=tmp_path / "run")
+    assert (cfg.num_pairs, cfg.lr, cfg.output_dir) == (20000, 1.0, str(tmp_path / "run"))
+    assert isinstance(cfg.num_pairs, int) and isinstance(cfg.lr, float)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert get_profile("tiny", output_dir="~/kd").output_dir == str(tmp_path / "kd"), "not a folder named '~'"
+    monkeypatch.setenv("KDSD_NUM_PAIRS", "1e3")
+    assert get_profile("tiny").num_pairs == 1000
