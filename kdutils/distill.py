@@ -31,6 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .files import folder_lock, is_leftover, read_json, recover, staging, swap_in, write_json, write_text
 from .models import EXPERIMENTS, load_student, load_teacher, student_env_var, trained_student_source
 from .metrics import masked_mean, retrieval_accuracy
 
@@ -431,14 +432,13 @@ def _set_rng_state(state: dict) -> None:
 def save_checkpoint(folder: Path, student, tokenizer, meta: dict, state: dict | None = None) -> Path:
     """Write ``save_pretrained`` files, tokenizer, ``kdsd_meta.json`` (and training state) atomically.
 
-    Everything goes to a temporary folder that replaces ``folder`` in one
-    rename, so a crash never leaves a half-written checkpoint.
+    Everything goes to ``.NAME.tmp`` beside ``folder`` and is swapped in by
+    renames (``kdutils.files.swap_in``): a process killed at any moment leaves
+    the previous checkpoint or the new one complete, never half of one, and
+    the next save or resume puts it back in place (``kdutils.files.recover``).
     """
     folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    old = folder.with_name(f".{folder.name}.old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = staging(folder)
     from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
     from transformers.utils import logging as hf_logging
 
@@ -455,12 +455,22 @@ def save_checkpoint(folder: Path, student, tokenizer, meta: dict, state: dict | 
     (tmp / "kdsd_meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     if state is not None:
         torch.save(state, tmp / "training_state.pt")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
-    return folder
+    return swap_in(folder)
+
+
+def load_weights(model, folder: Path, fix: str) -> None:
+    """Load ``folder/model.safetensors`` into ``model``; a missing or damaged file says which and what to do."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(folder) / "model.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; {fix}")
+    try:
+        weights = load_file(str(path))
+    except (SafetensorError, OSError, RuntimeError) as err:
+        raise ValueError(f"{path} is damaged ({err}); {fix}") from None
+    model.load_state_dict(weights)
 
 
 @dataclass
@@ -637,6 +647,75 @@ def check_inputs(experiment: str, splits) -> None:
             raise ValueError(f"the {name!r} split is empty or missing; prepare data with kd.data.prepare_splits(cfg)")
 
 
+RUN_ENTRIES = ("best", "last", "metrics.json", "history.csv", "train_log.csv")  # what a run writes in its folder
+
+
+def run_dir(cfg, experiment: str) -> Path:
+    """Where ``distill`` writes ``experiment``'s run by default: ``<output folder>/distill/<experiment>``."""
+    return Path(cfg.output_dir) / "distill" / experiment
+
+
+def run_entries(out: Path) -> list[str]:
+    """The names in ``out`` that belong to a run (``best``, ``last``, ``metrics.json`` ...); raises on others.
+
+    A complete copy that an interrupted swap left (``.last.new``, ``.last.old``) counts as its checkpoint.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} is a file, not a folder; give the run another output folder (--output-dir)")
+    names = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    entries = {n[1:-4] if n.startswith(".") and n.endswith((".new", ".old")) else n
+               for n in names if not (is_leftover(n) and n.endswith((".tmp", ".lock")))}
+    foreign = sorted(entries - set(RUN_ENTRIES))
+    if foreign:
+        raise FileExistsError(f"{out} holds files that are not a training run's ({', '.join(foreign[:5])}"
+                              f"{' ...' if len(foreign) > 5 else ''}); a run is not mixed into them. Give it a new "
+                              f"or empty folder (output_dir= / --output-dir)")
+    return sorted(entries)
+
+
+def check_run_folder(out: Path, *, resume: bool = False, overwrite: bool = False, clean: bool = False) -> None:
+    """Refuse a fresh run into a folder that already holds one, saying how to keep, continue or replace it.
+
+    ``resume`` continues (or reuses) the run there; ``overwrite`` replaces it.
+    With ``clean`` (the process that writes, holding the folder's lock) a swap
+    that a crash interrupted is finished first, and ``overwrite`` removes the old run.
+    """
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other: resume continues the run in the folder, "
+                         "overwrite replaces it")
+    out = Path(out)
+    entries = run_entries(out)
+    if clean:
+        for name in ("best", "last"):
+            note = recover(out / name)
+            if note:
+                print(note)
+    if not entries or resume:
+        return
+    if not overwrite:
+        if "metrics.json" in entries:
+            what = "a finished run (metrics.json"
+            try:
+                what += f", best/ at step {read_json(out / 'metrics.json', '')['best_step']})"
+            except (ValueError, KeyError):
+                what += ")"
+        else:
+            what = "an unfinished run"
+            try:
+                what += f" (last/ at step {read_json(out / 'last' / 'kdsd_meta.json', '')['step']})"
+            except (ValueError, KeyError, OSError):
+                pass
+        raise FileExistsError(f"{out} already holds {what}, and a new run would replace it. To keep it, train into "
+                              f"another folder (output_dir= / --output-dir); to continue or reuse it, resume=True "
+                              f"(--resume); to replace it, overwrite=True (--overwrite)")
+    if clean:
+        for name in entries:
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        print(f"overwrite: removed the previous run in {out} ({', '.join(entries)})")
+
+
 def setup_models(cfg, experiment: str, device, models: tuple | None = None, precision: str = "no") -> tuple:
     """``(teacher_tokenizer, teacher, student_tokenizer, student)``, loaded for ``experiment`` or the caller's.
 
@@ -671,7 +750,7 @@ def setup_run(cfg, experiment: str, splits, *, models: tuple | None = None, val:
     accelerator = make_accelerator(cfg.torch_device, precision)
     device = accelerator.device
     seed_everything(cfg.seed)
-    out = Path(output_dir) if output_dir else Path(cfg.output_dir) / "distill" / experiment
+    out = Path(output_dir) if output_dir else run_dir(cfg, experiment)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
     teacher_tokenizer, teacher, student_tokenizer, student = setup_models(cfg, experiment, device, models, precision)
@@ -699,22 +778,28 @@ def setup_run(cfg, experiment: str, splits, *, models: tuple | None = None, val:
             "data_fingerprint": fingerprint(splits), "total_steps": total_steps,
             "num_processes": world, "train_pairs": len(train), "mixed_precision": precision,
             "teacher_dtype": str(teacher_dtype(device, precision)).removeprefix("torch."), "seed": cfg.seed,
-            "student_padding": None if experiment == "clip" else cfg.student_padding}
+            "student_padding": None if experiment == "clip" else cfg.student_padding,
+            **{name: getattr(cfg, name) for name in TRAINING_SETTINGS}}
     return Run(cfg, experiment, target, accelerator, out, teacher, teacher_tokenizer, student, raw_student,
                student_tokenizer, optimizer, scheduler, data, val, steps_per_epoch, total_steps, meta)
 
 
 # --------------------------------------------------------------- the loop
 def distill(cfg, experiment: str, splits, *, models: tuple | None = None, val: EvalData | None = None,
-            output_dir: str | Path | None = None, resume: bool = False, stop_after: int | None = None,
-            cache_teacher: bool | None = None, log_every: int = 10, progress: bool = True) -> DistillResult:
+            output_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False,
+            stop_after: int | None = None, cache_teacher: bool | None = None, log_every: int = 10,
+            progress: bool = True) -> DistillResult:
     """Train a student for ``experiment`` on ``splits`` (train/val/test with ``ko``/``en``).
 
     Evaluates on val every ``cfg.eval_every`` steps and at the end, keeps the
     checkpoint with the lowest validation loss in ``best/`` and the resumable
     state in ``last/``, then scores ``best`` on the test split. ``resume``
-    continues from ``last/`` and ends where an uninterrupted run ends;
-    ``stop_after`` stops after that many steps (as a crash would).
+    continues the run in the output folder from ``last/`` and ends where an
+    uninterrupted run ends (a finished run is reused as it is); its settings
+    must match (``resume_settings``). Without ``resume``, a folder that
+    already holds a run is refused unless ``overwrite=True`` replaces it
+    (``check_run_folder``). The run holds a lock on its folder, so a second
+    run into it stops at once. ``stop_after`` stops after that many steps (as a crash would).
 
     A notebook that already loaded ``models = (teacher_tokenizer, teacher,
     student_tokenizer, student)`` and computed ``val = prepare_eval(...)``
@@ -723,10 +808,20 @@ def distill(cfg, experiment: str, splits, *, models: tuple | None = None, val: E
     fp32 with the best checkpoint's weights and without Accelerate's autocast
     wrapper, so measuring it afterwards compares with the metrics here.
     """
+    check_inputs(experiment, splits)
+    out = Path(output_dir) if output_dir else run_dir(cfg, experiment)
+    main = os.environ.get("RANK", "0") == "0"  # under accelerate launch only the main process writes
+    with folder_lock(out, "training run") if main else contextlib.nullcontext():
+        check_run_folder(out, resume=resume, overwrite=overwrite, clean=main)
+        run = setup_run(cfg, experiment, splits, models=models, val=val, output_dir=out, cache_teacher=cache_teacher)
+        return _train(run, splits, resume, stop_after, log_every, progress)
+
+
+def _train(run: Run, splits, resume: bool, stop_after: int | None, log_every: int, progress: bool) -> DistillResult:
+    """The training loop of ``distill``, from its first (or resumed) step to the test scores."""
     from tqdm.auto import tqdm
 
-    run = setup_run(cfg, experiment, splits, models=models, val=val, output_dir=output_dir,
-                    cache_teacher=cache_teacher)
+    cfg, experiment = run.cfg, run.experiment
     if progress and run.main:
         print(run.describe())
     state = resume_state(run) if resume else TrainState()
@@ -812,27 +907,89 @@ def save_last(run: Run, state: TrainState) -> None:
 
 
 def resume_state(run: Run) -> TrainState:
-    """Load ``last/`` into the run's student, optimizer, schedule and random generators (a fresh state if none)."""
-    from safetensors.torch import load_file
+    """Load ``last/`` into the run's student, optimizer, schedule and random generators.
 
-    path = run.last_dir / "training_state.pt"
-    if not path.exists():
+    Its settings must match the run's (``resume_settings``). A finished run
+    whose ``last/`` was deleted resumes from its ``metrics.json`` (nothing is
+    left to train); an empty folder starts from step 0 and says so, and so
+    does a run with ``best/`` but no ``last/`` (killed before its first
+    ``last/``, or ``last/`` deleted), keeping ``best/`` until a checkpoint beats it.
+    """
+    last, metrics_file = run.last_dir, run.out / "metrics.json"
+    fix = (f"the run cannot continue from it ({run.best_dir} is a separate copy). Start over with overwrite=True "
+           f"(--overwrite), or keep this folder and train into another one (output_dir= / --output-dir)")
+    if last.exists():
+        notes = resume_settings(read_json(last / "kdsd_meta.json", fix), run.meta, last)
+        path = last / "training_state.pt"
+        try:
+            saved = torch.load(path, weights_only=False)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path} is missing; {fix}") from None
+        except Exception as err:  # a truncated or overwritten file: torch raises several kinds
+            raise ValueError(f"{path} is damaged ({type(err).__name__}: {err}); {fix}") from None
+        load_weights(run.raw_student, last, fix)
+        run.optimizer.load_state_dict(saved["optimizer"])
+        run.scheduler.load_state_dict(saved["scheduler"])
+        _set_rng_state(saved["rng"])
+        state = TrainState(saved["step"], saved["best_val"], saved["best_step"], saved["history"], saved["train_log"])
+        where = f"{last} at step {state.step}/{run.total_steps}"
+    elif metrics_file.exists():
+        metrics = read_json(metrics_file, f"without last/ the run cannot rewrite it; train again with overwrite=True "
+                                          f"(--overwrite), or into another folder")
+        notes = resume_settings(metrics, run.meta, metrics_file)
+        state = TrainState(run.total_steps, metrics["best_val_loss"], metrics["best_step"], metrics["history"],
+                           metrics["train_log"])
+        where = f"{metrics_file} (a finished run without last/)"
+    elif run.best_dir.exists():  # killed before its first last/, or last/ was deleted: start again, keep best/
+        best = read_json(run.best_dir / "kdsd_meta.json", "delete best/ too, or train into another folder")
+        notes = resume_settings(best, run.meta, run.best_dir)
+        if run.main:
+            print(f"no last/ in {run.out} to continue from: training again from step 0; best/ (step {best['step']}, "
+                  f"val loss {best['metrics']['val_loss']:.4f}) is kept until a checkpoint beats it"
+                  + "".join(f"; {note}" for note in notes))
+        return TrainState(best_val=best["metrics"]["val_loss"], best_step=best["step"])
+    else:
+        if run.main:
+            print(f"nothing to resume in {run.out}: training from step 0")
         return TrainState()
-    saved = torch.load(path, weights_only=False)
-    run.raw_student.load_state_dict(load_file(str(run.last_dir / "model.safetensors")))
-    run.optimizer.load_state_dict(saved["optimizer"])
-    run.scheduler.load_state_dict(saved["scheduler"])
-    _set_rng_state(saved["rng"])
     if run.main:
-        print(f"resumed from {run.last_dir} at step {saved['step']}/{run.total_steps}")
-    return TrainState(saved["step"], saved["best_val"], saved["best_step"], saved["history"], saved["train_log"])
+        print(f"resumed from {where}" + "".join(f"; {note}" for note in notes))
+    return state
+
+
+# the Profile values a run records (in kdsd_meta.json and metrics.json) besides its meta
+TRAINING_SETTINGS = ("lr", "batch_size", "num_epochs", "weight_decay", "warmup_ratio", "grad_clip",
+                     "empty_prompt_weight", "max_length", "eval_every")
+# what a resumed run must share with the run it continues: the data, the model, the order of the pairs, the
+# optimisation; anything else would splice two different runs into one history
+RESUME_MUST_MATCH = ("experiment", "teacher", "student", "data_fingerprint", "seed", "student_padding",
+                     "num_processes", "lr", "batch_size", "num_epochs", "weight_decay", "warmup_ratio", "grad_clip",
+                     "empty_prompt_weight", "max_length")
+# what may change on resume: how often it evaluates, and the precision of this machine (weights stay fp32)
+RESUME_APPLIED = ("eval_every", "mixed_precision")
+
+
+def resume_settings(saved: dict, now: dict, where: Path) -> list[str]:
+    """Check that a run may continue the one saved at ``where``; return notes on the settings it applies.
+
+    Raises ValueError naming every setting in ``RESUME_MUST_MATCH`` that differs.
+    """
+    differ = [f"{k} {saved[k]!r} (now {now[k]!r})" for k in RESUME_MUST_MATCH if k in saved and saved[k] != now[k]]
+    if differ:
+        raise ValueError(f"cannot resume from {where}: it was trained with other settings: {'; '.join(differ)}. "
+                         f"Resume with the same settings, train into another folder (output_dir= / --output-dir), "
+                         f"or start over with overwrite=True (--overwrite)")
+    notes = [f"{k} {saved[k]!r} -> {now[k]!r} from here on" for k in RESUME_APPLIED if k in saved and saved[k] != now[k]]
+    unchecked = [k for k in RESUME_MUST_MATCH if k not in saved]
+    if unchecked:
+        notes.append(f"not recorded by the kdutils that wrote it, so not checked: {', '.join(unchecked)}")
+    return notes
 
 
 def finish(run: Run, state: TrainState, splits) -> DistillResult:
     """Load ``best/`` back into the student, score it on the test split, and write the run's report."""
-    from safetensors.torch import load_file
-
-    run.raw_student.load_state_dict(load_file(str(run.best_dir / "model.safetensors")))
+    load_weights(run.raw_student, run.best_dir, "the run's best checkpoint cannot be read back; train again with "
+                 "overwrite=True (--overwrite), or into another folder")
     test_metrics = None
     if "test" in splits and len(splits["test"]):
         test = prepare_eval(run.teacher, run.teacher_tokenizer, run.student_tokenizer, splits["test"], run.device,
@@ -850,21 +1007,23 @@ def write_report(run: Run, result: DistillResult) -> None:
     summary = {**run.meta, "best_step": result.best_step, "best_val_loss": result.best_val_loss,
                "best_dir": str(result.best_dir), "test": result.test_metrics, "history": result.history,
                "train_log": result.train_log}
-    (run.out / "metrics.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     _write_csv(run.out / "history.csv", result.history)
     _write_csv(run.out / "train_log.csv", result.train_log)
+    write_json(run.out / "metrics.json", summary)  # last: a run with metrics.json is finished
 
 
 # -------------------------------------------------------------- finished runs
 def _write_csv(path: Path, rows: list[dict]) -> None:
     import csv
+    import io
 
     if not rows:
         return
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, text.getvalue())
 
 
 def load_metrics(cfg, experiment: str) -> dict:
@@ -876,20 +1035,22 @@ def load_metrics(cfg, experiment: str) -> dict:
     without one (an exported pipeline, a bare ``best/``) gives what its
     checkpoint records, with ``test`` and ``history`` empty.
     """
+    fix = (f"resume the run to write it again from its last/ (`python -m kdutils train --experiment {experiment} "
+           f"--resume`, or distill(..., resume=True)); without last/, train again with --overwrite")
     given = trained_student_source(cfg, experiment)
     if given is not None:
         beside = given.parent / "metrics.json"
-        metrics = json.loads(beside.read_text(encoding="utf-8")) if beside.is_file() else {}
+        metrics = read_json(beside, fix) if beside.is_file() else {}
         if metrics.get("experiment") != experiment:
-            meta = json.loads((given / "kdsd_meta.json").read_text(encoding="utf-8"))
+            meta = read_json(given / "kdsd_meta.json", "copy the student's folder again, or train it again")
             metrics = {**meta, "best_step": meta.get("step"), "test": None, "history": [], "train_log": []}
         return {**metrics, "best_dir": str(given), "source": str(given)}
-    path = Path(cfg.output_dir) / "distill" / experiment / "metrics.json"
+    path = run_dir(cfg, experiment) / "metrics.json"
     if not path.exists():
         raise FileNotFoundError(f"no metrics for {experiment!r} in profile {cfg.name!r} ({path}); "
                                 f"run its notebook or `python -m kdutils train --experiment {experiment}` first, "
                                 f"or name a trained one with {student_env_var(experiment)}=<folder or hub id>")
-    metrics = json.loads(path.read_text(encoding="utf-8"))
+    metrics = read_json(path, fix)
     metrics["best_dir"] = str(path.parent / "best")  # where it is now, even if outputs/ moved
     return metrics
 
@@ -920,8 +1081,9 @@ def ensure_trained(cfg, experiment: str, *, train_missing: bool = True) -> Path 
     Lets the sampling notebooks run on their own. A student named with
     ``KDSD_STUDENT_<EXPERIMENT>`` (folder or hub id: what a teacher trained
     once for a class) is used as it is. Otherwise a missing student is trained
-    here: about half a minute in ``tiny``; in ``class``/``paper`` run its
-    notebook (or pass ``train_missing=False`` to get ``None`` instead). A
+    here (an interrupted run in its folder is continued): about half a minute
+    in ``tiny``; in ``class``/``paper`` run its notebook (or pass
+    ``train_missing=False`` to get ``None`` instead). A
     student trained on other pairs or with other settings (``outdated``) is
     used with a warning that says what differs and how to train it again.
     """
@@ -939,7 +1101,7 @@ def ensure_trained(cfg, experiment: str, *, train_missing: bool = True) -> Path 
         if not train_missing:
             return None
         print(f"no trained {experiment!r} student in profile {cfg.name!r} yet: training it now")
-        distill(cfg, experiment, prepare_splits(cfg))
+        distill(cfg, experiment, prepare_splits(cfg), resume=True)
         return Path(load_metrics(cfg, experiment)["best_dir"])
     why = outdated(cfg, metrics, prepare_splits(cfg))
     if why:

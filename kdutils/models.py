@@ -172,7 +172,9 @@ def _download_student(repo_id: str, where: str) -> Path:
 
 
 def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
+    from .files import read_json
+
+    return read_json(path, "copy the folder again from where it was trained or exported, or train the student again")
 
 
 def _checkpoint_in(cfg, experiment: str, folder: Path, where: str) -> Path:

@@ -263,3 +263,246 @@ def test_a_training_batch_is_en_ko_empty_and_its_loss_is_the_studys(cfg, small_s
     assert loss_ko.item() == pytest.approx(F.mse_loss(s_ko, target_batch).item(), rel=1e-5)
     empty_term = F.mse_loss(s_empty, cached.empty_target).item()
     assert loss.item() == pytest.approx(loss_en.item() + loss_ko.item() + 0.5 * empty_term, rel=1e-5)
+
+
+# ------------------------------------------------------- nothing lost, nothing silent (issue 20)
+class Killed(BaseException):
+    """What a kill -9 does to the code that runs: it stops there (not an Exception, so nothing catches it)."""
+
+
+@pytest.fixture(scope="module")
+def quick(cfg, small_splits):
+    """Two steps, a checkpoint after each: the smallest run that swaps best/ and last/ over earlier copies."""
+    from datasets import DatasetDict
+
+    splits = DatasetDict({"train": small_splits["train"].select(range(32)), "val": small_splits["val"].select(range(8)),
+                          "test": small_splits["test"].select(range(8))})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # these tiny steps run faster on one thread of a busy 2-core machine
+    yield cfg.replace(num_epochs=1, eval_every=1), splits
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def finished(quick, tmp_path_factory, monkeypatch_module):
+    """An uninterrupted run, and every rename it made: ``(source, destination, step of last/ it completes)``."""
+    import os
+
+    quick_cfg, splits = quick
+    renames, real = [], os.replace
+
+    def replace(src, dst):
+        meta = Path(src) / "kdsd_meta.json"
+        completes = Path(dst).name.endswith(".new") and meta.is_file()
+        renames.append((Path(src).name, Path(dst).name, json.loads(meta.read_text())["step"] if completes else None))
+        return real(src, dst)
+
+    monkeypatch_module.setattr(os, "replace", replace)
+    result = D.distill(quick_cfg, "roberta", splits, output_dir=tmp_path_factory.mktemp("finished") / "run",
+                       progress=False)
+    monkeypatch_module.undo()
+    return result, renames
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def _run_files(out: Path) -> dict:
+    """The run's checkpoints and its validation history (less wall-clock seconds)."""
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    return {name: _sha(out / name) for name in ("best", "last")} | {
+        "history": [{k: v for k, v in h.items() if k != "seconds"} for h in history]}
+
+
+def test_every_rename_of_every_checkpoint_swap_survives_a_kill_and_resume_continues(quick, finished, tmp_path,
+                                                                                   monkeypatch, capsys):
+    """Kill the run at each rename it makes (as `strace -e inject=rename:signal=KILL:when=N` did), then resume.
+
+    Resume must continue from the newest complete last/ (not from step 0, as it did when a kill between the
+    two renames of the old swap left only .last.old and .last.tmp) and end bit-identical to an uninterrupted run.
+    """
+    import os
+
+    quick_cfg, splits = quick
+    reference, renames = finished
+    assert sum(dst == "last" for _, dst, _ in renames) == 2 and ("last", ".last.old", None) in renames, \
+        "the run swaps last/ over an earlier last/ (and best/ likewise), so every kind of rename is tested"
+    assert ("best", ".best.old", None) in renames
+    real = os.replace
+    for fault in range(len(renames)):
+        out = tmp_path / f"killed-at-{fault}"
+        calls = []
+
+        def replace(src, dst, calls=calls, fault=fault):
+            if len(calls) == fault:
+                raise Killed(f"killed before rename {fault}: {Path(src).name} -> {Path(dst).name}")
+            calls.append(dst)
+            return real(src, dst)
+
+        monkeypatch.setattr(os, "replace", replace)
+        with pytest.raises(Killed):
+            D.distill(quick_cfg, "roberta", splits, output_dir=out, progress=False)
+        monkeypatch.setattr(os, "replace", real)
+        capsys.readouterr()
+        resumed = D.distill(quick_cfg, "roberta", splits, output_dir=out, resume=True, progress=False)
+        said = capsys.readouterr().out
+        # which last/ the kill left: the one in place, else the complete new copy (its first rename was made)
+        in_place, new, parked = 0, 0, False
+        for src, dst, saved_step in renames[:fault]:
+            if dst == ".last.new":
+                new = saved_step
+            elif src == "last":
+                parked = True
+            elif dst == "last":
+                in_place, parked = new, False
+        step = in_place if in_place and not parked else new
+        if step:
+            assert f"resumed from {out / 'last'} at step {step}/" in said, (fault, renames[fault], said)
+        else:
+            assert "training again from step 0" in said or "nothing to resume" in said, (fault, said)
+        assert _run_files(out) == _run_files(reference.output_dir), f"killed before rename {fault}: {renames[fault]}"
+        assert resumed.best_step == reference.best_step
+        assert sorted(p.name for p in out.iterdir()) == ["best", "history.csv", "last", "metrics.json",
+                                                         "train_log.csv"], "no leftovers"
+
+
+def test_a_failed_rename_raises_and_the_run_resumes_where_it_was(quick, finished, tmp_path, monkeypatch, capsys):
+    """A rename that fails (disk trouble) stops the run with the OS error; resume then recovers the complete copy."""
+    import os
+
+    quick_cfg, splits = quick
+    reference, renames = finished
+    fault = renames.index(("last", ".last.old", None))  # the old swap lost last/ exactly here
+    real, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append(dst)
+        if len(calls) == fault + 2:  # between parking last/ and putting the new one in place
+            raise OSError(5, "Input/output error")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="Input/output error"):
+        D.distill(quick_cfg, "roberta", splits, output_dir=tmp_path / "run", progress=False)
+    monkeypatch.setattr(os, "replace", real)
+    assert not (tmp_path / "run" / "last").exists() and (tmp_path / "run" / ".last.new").is_dir()
+    D.distill(quick_cfg, "roberta", splits, output_dir=tmp_path / "run", resume=True, progress=False)
+    assert "at step 2/2" in capsys.readouterr().out
+    assert _run_files(tmp_path / "run") == _run_files(reference.output_dir)
+
+
+def test_a_finished_run_is_never_replaced_without_asking(quick, finished, tmp_path, capsys):
+    import shutil
+
+    quick_cfg, splits = quick
+    out = tmp_path / "run"
+    shutil.copytree(finished[0].output_dir, out)
+    before = _run_files(out)
+    with pytest.raises(FileExistsError) as err:
+        D.distill(quick_cfg, "roberta", splits, output_dir=out, progress=False)
+    message = str(err.value)
+    assert f"{out} already holds a finished run (metrics.json, best/ at step {finished[0].best_step})" in message
+    assert "output_dir= / --output-dir" in message and "resume=True (--resume)" in message
+    assert "overwrite=True (--overwrite)" in message
+    assert _run_files(out) == before, "the refused run changed nothing"
+    with pytest.raises(ValueError, match="resume and overwrite exclude each other"):
+        D.distill(quick_cfg, "roberta", splits, output_dir=out, resume=True, overwrite=True, progress=False)
+    # resume reuses the finished run: nothing is trained, best/ stays
+    reused = D.distill(quick_cfg, "roberta", splits, output_dir=out, resume=True, progress=False)
+    assert reused.best_step == finished[0].best_step and _run_files(out) == before
+    # a finished run whose last/ was deleted to save space is reused from metrics.json
+    shutil.rmtree(out / "last")
+    assert D.distill(quick_cfg, "roberta", splits, output_dir=out, resume=True, progress=False).best_step \
+        == finished[0].best_step
+    assert "a finished run without last/" in capsys.readouterr().out
+    # overwrite replaces it, and says so
+    D.distill(quick_cfg, "roberta", splits, output_dir=out, overwrite=True, progress=False)
+    assert f"overwrite: removed the previous run in {out}" in capsys.readouterr().out
+    assert _run_files(out) == before, "the same settings train the same run again"
+
+
+def test_an_unfinished_run_or_a_folder_of_other_files_is_not_trained_over(quick, tmp_path):
+    quick_cfg, splits = quick
+    out = tmp_path / "run"
+    D.distill(quick_cfg, "roberta", splits, output_dir=out, stop_after=1, progress=False)
+    with pytest.raises(FileExistsError, match=r"already holds an unfinished run \(last/ at step 1\).*--resume"):
+        D.distill(quick_cfg, "roberta", splits, output_dir=out, progress=False)
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "thesis.tex").write_text("keep me")
+    for flags in ({}, {"overwrite": True}, {"resume": True}):
+        with pytest.raises(FileExistsError, match=r"holds files that are not a training run's \(thesis.tex\)"):
+            D.distill(quick_cfg, "roberta", splits, output_dir=other, progress=False, **flags)
+    assert [p.name for p in other.iterdir()] == ["thesis.tex"]
+
+
+def test_resume_refuses_other_settings_naming_each_and_applies_what_is_safe(quick, tmp_path, capsys):
+    quick_cfg, splits = quick
+    out = tmp_path / "run"
+    D.distill(quick_cfg, "roberta", splits, output_dir=out, stop_after=1, progress=False)
+    last = (out / "last" / "model.safetensors").read_bytes()
+    changed = quick_cfg.replace(lr=2e-3, batch_size=8, seed=1, empty_prompt_weight=0.5)
+    with pytest.raises(ValueError) as err:
+        D.distill(changed, "roberta", splits, output_dir=out, resume=True, progress=False)
+    message = str(err.value)
+    assert message.startswith(f"cannot resume from {out / 'last'}: it was trained with other settings")
+    for difference in ("lr 0.001 (now 0.002)", "batch_size 16 (now 8)", "seed 0 (now 1)",
+                       "empty_prompt_weight 1.0 (now 0.5)", "overwrite=True (--overwrite)"):
+        assert difference in message
+    fewer = {**splits, "train": splits["train"].select(range(16))}
+    with pytest.raises(ValueError, match=r"data_fingerprint '\w+' \(now '\w+'\)"):
+        D.distill(quick_cfg, "roberta", fewer, output_dir=out, resume=True, progress=False)
+    with pytest.raises(ValueError, match=r"experiment 'roberta' \(now 'clip'\)"):
+        D.distill(quick_cfg, "clip", splits, output_dir=out, resume=True, progress=False)
+    assert (out / "last" / "model.safetensors").read_bytes() == last, "a refused resume changes nothing"
+    capsys.readouterr()
+    D.distill(quick_cfg.replace(eval_every=2), "roberta", splits, output_dir=out, resume=True, progress=False)
+    assert "at step 1/2; eval_every 1 -> 2 from here on" in capsys.readouterr().out
+
+
+def test_a_second_run_into_a_busy_folder_stops_at_once(quick, tmp_path):
+    from kdutils.files import FolderBusy, folder_lock
+
+    quick_cfg, splits = quick
+    out = tmp_path / "run"
+    with folder_lock(out, "training run"):  # another descriptor: to flock() it is another holder
+        with pytest.raises(FolderBusy, match=rf"{out} is in use by another training run \(process \d+\)"):
+            D.distill(quick_cfg, "roberta", splits, output_dir=out, progress=False)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_damaged_checkpoint_files_are_named_with_what_to_do(quick, finished, tmp_path, monkeypatch):
+    import shutil
+
+    quick_cfg, splits = quick
+    out = tmp_path / "run"
+    shutil.copytree(finished[0].output_dir, out)
+    weights = out / "last" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a copy cut short
+    with pytest.raises(ValueError, match=rf"{weights} is damaged \(.*\); the run cannot continue from it.*"
+                                         rf"overwrite=True \(--overwrite\)"):
+        D.distill(quick_cfg, "roberta", splits, output_dir=out, resume=True, progress=False)
+    state = out / "last" / "training_state.pt"
+    state.write_bytes(state.read_bytes()[:100])
+    with pytest.raises(ValueError, match=rf"{state} is damaged"):
+        D.distill(quick_cfg, "roberta", splits, output_dir=out, resume=True, progress=False)
+    (out / "last" / "kdsd_meta.json").write_text("")
+    with pytest.raises(ValueError, match=rf"{out / 'last' / 'kdsd_meta.json'} is empty; the run cannot continue"):
+        D.distill(quick_cfg, "roberta", splits, output_dir=out, resume=True, progress=False)
+    metrics = out / "metrics.json"
+    metrics.write_text(metrics.read_text()[:200])
+    cfg = quick_cfg.replace(output_dir=str(tmp_path / "profile"))
+    (tmp_path / "profile" / "distill").mkdir(parents=True)
+    shutil.copytree(out, tmp_path / "profile" / "distill" / "roberta")
+    with pytest.raises(ValueError, match=r"metrics.json is damaged \(200 bytes, not valid JSON.*\); resume the run"):
+        D.load_metrics(cfg, "roberta")
+    best_meta = out / "best" / "kdsd_meta.json"
+    best_meta.write_text("")
+    with pytest.raises(ValueError, match=rf"{best_meta} is empty; copy the folder again"):
+        kd.pipeline.load_trained_student(out / "best")
+    monkeypatch.setenv("KDSD_STUDENT_ROBERTA", str(out / "best"))
+    with pytest.raises(ValueError, match=rf"{best_meta} is empty; copy the folder again"):
+        D.ensure_trained(cfg, "roberta")
