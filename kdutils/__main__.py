@@ -9,7 +9,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from .models import EXPERIMENTS, looks_like_repo_id
-from .profiles import ENV_PREFIX, PRECISIONS, PROFILES, Profile
+from .profiles import ENV_PREFIX, PADDINGS, PRECISIONS, PROFILES, Profile, check_value
 
 
 def _course(args: argparse.Namespace) -> int:
@@ -24,23 +24,21 @@ def _course(args: argparse.Namespace) -> int:
     return 0
 
 
-def _optional(kind: type):
-    """An argparse type for ``kind | None``: ``none`` gives None."""
+def _profile_value(name: str):
+    """An argparse type for the profile field ``name``: parsed and range-checked by ``check_value``."""
     def parse(text: str):
-        if text.lower() in ("none", "null"):
-            return None
         try:
-            return kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {kind.__name__} or 'none', got {text!r}") from None
+            return check_value(name, text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
 
+    parse.__name__ = name
     return parse
 
 
-# field type -> (argparse type, metavar)
-_FLAG_TYPES = {int: (int, "N"), float: (float, "X"), str: (str, "TEXT"),
-               int | None: (_optional(int), "N|none"), str | None: (_optional(str), "TEXT|none")}
-_CHOICES = {"mixed_precision": PRECISIONS}
+# field type -> metavar
+_METAVARS = {int: "N", float: "X", str: "TEXT", int | None: "N|none", str | None: "TEXT|none"}
+_CHOICES = {"mixed_precision": PRECISIONS, "student_padding": PADDINGS}
 
 
 def add_profile_flags(parser: argparse.ArgumentParser) -> None:
@@ -56,19 +54,18 @@ def add_profile_flags(parser: argparse.ArgumentParser) -> None:
         if f.name == "name":
             continue
         kind = hints[f.name]
-        if kind not in _FLAG_TYPES:
+        if kind not in _METAVARS:
             raise TypeError(f"Profile.{f.name} has type {kind}, which has no command-line parser; "
-                            f"add one to _FLAG_TYPES in kdutils/__main__.py")
+                            f"add one to _METAVARS in kdutils/__main__.py and to check_value in kdutils/profiles.py")
         values = {name: repr(getattr(p, f.name)) for name, p in PROFILES.items()}
         defaults = (next(iter(values.values())) if len(set(values.values())) == 1
                     else ", ".join(f"{name} {value}" for name, value in values.items()))
         aliases = []
         if f.name == "output_dir":  # also --output, as before; empty means outputs/<profile>
             aliases, defaults = ["--output"], "outputs/<profile>"
-        parse, metavar = _FLAG_TYPES[kind]
-        group.add_argument(f"--{f.name.replace('_', '-')}", *aliases, dest=f.name, type=parse,
-                           choices=_CHOICES.get(f.name), default=argparse.SUPPRESS,
-                           metavar="{" + ",".join(_CHOICES[f.name]) + "}" if f.name in _CHOICES else metavar,
+        metavar = "{" + ",".join(_CHOICES[f.name]) + "}" if f.name in _CHOICES else _METAVARS[kind]
+        group.add_argument(f"--{f.name.replace('_', '-')}", *aliases, dest=f.name, type=_profile_value(f.name),
+                           default=argparse.SUPPRESS, metavar=metavar,
                            help=f"default: {defaults}")
 
 
@@ -82,14 +79,13 @@ def _train(args: argparse.Namespace) -> int:
 
     from accelerate import PartialState
 
-    try:
-        cfg = kd.setup(args.profile, quiet=not _is_main(), **profile_overrides(args))
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    cfg = kd.setup(args.profile, quiet=not _is_main(), **profile_overrides(args))
+    out = kd.distill.run_dir(cfg, args.experiment)
+    kd.distill.check_run_folder(out, resume=args.resume, overwrite=args.overwrite)  # before minutes of data work
     with PartialState(cpu=cfg.torch_device == "cpu").main_process_first():  # one process writes the splits
         splits = kd.data.prepare_splits(cfg)
-    result = kd.distill.distill(cfg, args.experiment, splits, resume=args.resume, progress=_is_main())
+    result = kd.distill.distill(cfg, args.experiment, splits, resume=args.resume, overwrite=args.overwrite,
+                                progress=_is_main())
     if _is_main():
         print(f"best checkpoint: {result.best_dir} (step {result.best_step}, val loss {result.best_val_loss:.4f})")
         print(f"metrics: {result.output_dir / 'metrics.json'}")
@@ -107,7 +103,8 @@ def _export(args: argparse.Namespace) -> int:
     from kdutils.pipeline import export_pipeline
 
     cfg = kd.setup(args.profile, quiet=True)
-    out = export_pipeline(cfg, args.student, args.output, safety_checker=not args.no_safety_checker)
+    out = export_pipeline(cfg, args.student, args.output, safety_checker=not args.no_safety_checker,
+                          overwrite=args.overwrite)
     print(f"pipeline saved to {out}; load it with StableDiffusionPipeline.from_pretrained({str(out)!r})")
     if args.push_to_hub:
         return _push(out, args.push_to_hub, private=args.private)
@@ -238,13 +235,17 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="distil a student outside notebooks (works under accelerate launch)")
     train.add_argument("--experiment", required=True, choices=EXPERIMENTS)
     train.add_argument("--profile", choices=profiles, help="default: KDSD_PROFILE, else auto")
-    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in the output folder from last/ (its settings must match)")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace a run already in the output folder (without it, train stops and says so)")
     add_profile_flags(train)
     train.set_defaults(func=_train)
 
     export = sub.add_parser("export", help="save SD with a trained student as a from_pretrained folder")
     export.add_argument("--student", required=True, help="a best/ checkpoint folder")
-    export.add_argument("--output", required=True, help="folder to write the pipeline to")
+    export.add_argument("--output", required=True, help="a new or empty folder to write the pipeline to")
+    export.add_argument("--overwrite", action="store_true", help="replace a pipeline exported to --output before")
     export.add_argument("--profile", choices=profiles, help="default: KDSD_PROFILE, else auto")
     export.add_argument("--no-safety-checker", action="store_true", help="leave the safety checker out")
     export.add_argument("--push-to-hub", metavar="REPO_ID", type=_hub_repo_id,
@@ -294,8 +295,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .files import FolderBusy
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, FileExistsError, FileNotFoundError, FolderBusy) as err:  # bad input: say it, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

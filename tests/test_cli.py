@@ -13,7 +13,7 @@ from kdutils.models import EXPERIMENTS
 from kdutils.profiles import PROFILES, Profile, get_profile
 
 # a value of each field type as typed on the command line, and what it must become
-SAMPLES = {int: ("7", 7), float: ("0.25", 0.25), str: ("cpu", "cpu"),
+SAMPLES = {int: ("8", 8), float: ("0.25", 0.25), str: ("cpu", "cpu"),
            int | None: ("none", None), str | None: ("none", None)}
 
 
@@ -25,7 +25,7 @@ def _train(*flags: str):
 def test_every_profile_value_has_a_typed_flag(field):
     flag = "--" + field.name.replace("_", "-")
     kind = typing.get_type_hints(Profile)[field.name]
-    text, value = ("bf16", "bf16") if field.name == "mixed_precision" else SAMPLES[kind]
+    text, value = {"mixed_precision": ("bf16", "bf16"), "student_padding": ("pad", "pad")}.get(field.name, SAMPLES[kind])
     assert profile_overrides(_train(flag, text)) == {field.name: value}
 
 
@@ -56,10 +56,19 @@ def test_choices_come_from_the_code_tables():
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--lr", "fast"], "argument --lr: invalid float value: 'fast'"),
-    (["--num-epochs", "2.5"], "argument --num-epochs: invalid int value: '2.5'"),
-    (["--num-pairs", "lots"], "argument --num-pairs: expected int or 'none', got 'lots'"),
-    (["--mixed-precision", "fp8"], "argument --mixed-precision: invalid choice: 'fp8'"),
+    (["--lr", "fast"], "argument --lr: lr must be a number > 0, e.g. 5e-5, got 'fast'"),
+    (["--lr=-1e-4"], "argument --lr: lr must be a number > 0"),
+    (["--num-epochs", "2.5"], "argument --num-epochs: num_epochs must be a whole number >= 1, got '2.5'"),
+    (["--eval-every", "0"], "argument --eval-every: eval_every must be a whole number of steps >= 1, got '0'"),
+    (["--batch-size=-8"], "argument --batch-size: batch_size must be a whole number >= 1, got '-8'"),
+    (["--num-pairs", "lots"], "argument --num-pairs: num_pairs must be a whole number >= 1, or none for every pair"),
+    (["--warmup-ratio", "1.5"], "argument --warmup-ratio: warmup_ratio must be a share of the steps between 0 and 1"),
+    (["--image-size", "100"], "argument --image-size: image_size must be a multiple of 8 pixels"),
+    (["--device", "gpu"], "argument --device: device must be 'auto' or a torch device"),
+    (["--output-dir", "/dev/null/run"], "argument --output-dir/--output: output_dir must be a folder that can be "
+                                        "written (/dev/null is a file, so no folder can be made below it)"),
+    (["--mixed-precision", "fp8"], "argument --mixed-precision: mixed_precision must be one of "
+                                   "('auto', 'no', 'bf16', 'fp16'), got 'fp8'"),
     (["--profile", "huge"], "argument --profile: invalid choice: 'huge'"),
     (["--batchsize", "8"], "unrecognized arguments: --batchsize"),
 ])
@@ -80,7 +89,11 @@ def test_train_reports_a_bad_environment_value_without_a_traceback(monkeypatch, 
 
     monkeypatch.setenv("KDSD_MIXED_PRECISION", "fp8")
     assert main(["train", "--experiment", "roberta", "--profile", "tiny"]) == 2
-    assert "error: unknown mixed_precision 'fp8'" in capsys.readouterr().err
+    assert "error: KDSD_MIXED_PRECISION='fp8': mixed_precision must be one of" in capsys.readouterr().err
+    monkeypatch.setenv("KDSD_MIXED_PRECISION", "no")
+    monkeypatch.setenv("KDSD_EVAL_EVERY", "0")
+    assert main(["export", "--profile", "tiny", "--student", "s", "--output", "o"]) == 2
+    assert "error: KDSD_EVAL_EVERY='0': eval_every must be a whole number of steps >= 1" in capsys.readouterr().err
 
 
 @pytest.fixture
@@ -90,7 +103,7 @@ def fake_export(monkeypatch, tmp_path):
 
     import kdutils.pipeline
 
-    def export_pipeline(cfg, student_dir, output_dir, *, safety_checker=True):
+    def export_pipeline(cfg, student_dir, output_dir, *, safety_checker=True, overwrite=False):
         out = Path(output_dir)
         out.mkdir(parents=True)
         (out / "model_index.json").write_text("{}")
@@ -152,3 +165,32 @@ def test_a_bad_hub_repo_id_is_refused_before_exporting(fake_export, tmp_path, ca
         _export(tmp_path, "--push-to-hub", repo_id)
     assert exit_.value.code == 2 and "expected a Hugging Face repo id OWNER/NAME" in capsys.readouterr().err
     assert not (tmp_path / "exported").exists()
+
+
+def _finished_run(folder: Path) -> dict:
+    """A finished run's files as train leaves them (contents do not matter: they must stay as they are)."""
+    (folder / "best").mkdir(parents=True)
+    (folder / "best" / "model.safetensors").write_bytes(b"weights of the finished run")
+    (folder / "metrics.json").write_text(json.dumps({"best_step": 1480, "best_val_loss": 8.25}))
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_train_stops_before_replacing_a_finished_run_and_names_the_flags(tmp_path, capsys):
+    """Before, running train again into the same folder replaced the finished run's best/ with an earlier one."""
+    from kdutils.__main__ import main
+
+    run = tmp_path / "distill" / "roberta"
+    files = _finished_run(run)
+    command = ["train", "--experiment", "roberta", "--profile", "tiny", "--output-dir", str(tmp_path)]
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert f"error: {run} already holds a finished run (metrics.json, best/ at step 1480)" in err
+    assert "--output-dir" in err and "--resume" in err and "--overwrite" in err
+    assert main([*command, "--resume", "--overwrite"]) == 2
+    assert "resume and overwrite exclude each other" in capsys.readouterr().err
+    (run / "notes.txt").write_text("mine")
+    assert main([*command, "--overwrite"]) == 2
+    assert "holds files that are not a training run's (notes.txt)" in capsys.readouterr().err
+    assert {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != "notes.txt"} \
+        == files, "nothing was written"
+    assert not (tmp_path / "data").exists(), "refused before preparing any data"
