@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from .files import folder_lock, read_json, recover, staging, swap_in
+
 ASSETS = Path(__file__).resolve().parent / "assets"
 BUNDLED_PAIRS = ASSETS / "pairs.jsonl"
 EVAL_PROMPTS = ASSETS / "eval_prompts.jsonl"
@@ -601,16 +603,28 @@ def _build_settings(cfg) -> dict:
 
 
 def save_splits(splits, cfg, report: CleaningReport | None = None) -> Path:
-    """Save the splits with ``datasets`` plus a JSON with counts, fingerprint and cleaning report."""
+    """Save the splits with ``datasets`` plus a JSON with counts, fingerprint and cleaning report.
+
+    They are written beside the saved ones and swapped in by renames
+    (``kdutils.files.swap_in``): a kernel that holds the old splits
+    memory-mapped keeps reading them (rewriting their files in place killed it
+    with SIGBUS), and a crash leaves one complete copy. One process at a time writes.
+    """
     folder = splits_dir(cfg)
-    splits.save_to_disk(str(folder))
+    with folder_lock(folder, "process writing the data splits", wait=True):
+        tmp = staging(folder)
+        splits.save_to_disk(str(tmp))
+        _write_info(tmp, splits, cfg, report)
+        return swap_in(folder)
+
+
+def _write_info(folder: Path, splits, cfg, report: CleaningReport | None) -> None:
     info = {**_build_settings(cfg), "sizes": {k: len(v) for k, v in splits.items()},
             "fingerprint": fingerprint(splits),
             "cleaning": None if report is None else {"rows_in": report.rows_in, "rows_out": report.rows_out,
                                                      "fixed": report.fixed, "dropped": report.dropped,
                                                      "left_out_of_training": report.left_out}}
     (folder / "info.json").write_text(json.dumps(info, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    return folder
 
 
 def prepare_splits(cfg, *, rebuild: bool = False):
@@ -626,10 +640,16 @@ def prepare_splits(cfg, *, rebuild: bool = False):
 
     folder = splits_dir(cfg)
     info_file = folder / "info.json"
-    if info_file.exists() and not rebuild:
-        info = json.loads(info_file.read_text(encoding="utf-8"))
-        if all(info.get(k) == v for k, v in _build_settings(cfg).items()):
-            return load_from_disk(str(folder))
+    with folder_lock(folder, "process writing the data splits", wait=True):  # not while another one swaps them
+        recover(folder)
+        if info_file.exists() and not rebuild:
+            try:
+                info = read_json(info_file, "")
+                if all(info.get(k) == v for k, v in _build_settings(cfg).items()):
+                    return load_from_disk(str(folder))
+            except (ValueError, OSError) as err:  # a cache: build it again
+                warnings.warn(f"the saved splits in {folder} cannot be read ({err}); building them again",
+                              stacklevel=2)
     teacher_tokenizer, student_tokenizer = load_tokenizers(cfg)
     pairs = load_pairs(cfg.data_source, config=cfg.data_config, limit=cfg.num_pairs, seed=cfg.seed)
     pairs, report = clean_pairs(pairs, teacher_tokenizer=teacher_tokenizer, student_tokenizer=student_tokenizer,

@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import unicodedata
+from pathlib import Path
 
 import datasets
 import pandas as pd
@@ -647,3 +648,51 @@ def test_the_toy_world_eval_prompts_say_what_each_image_should_show():
         assert (p["ko"], p["en"]) == (world.canonical_ko(scene), world.canonical_en(scene))
         assert (p["category"] == "held out") == world.is_held_out(scene)
     assert data.read_eval_prompts() == data.read_eval_prompts("bundled") and len(data.read_eval_prompts()) == 72
+
+
+def test_rebuilding_splits_that_a_process_holds_open_does_not_crash_it(tmp_path):
+    """Before, save_to_disk rewrote the arrow files in place: a kernel reading the old splits read garbage
+    (here a UnicodeDecodeError) or, where the new file is shorter, died of SIGBUS."""
+    import subprocess
+    import sys
+
+    script = f"""
+import kdutils
+from kdutils import data
+cfg = kdutils.get_profile("tiny", output_dir={str(tmp_path)!r}, data_source="bundled")
+data.prepare_splits(cfg)  # built and saved
+held = data.prepare_splits(cfg)  # loaded: memory-mapped from the saved files
+assert held["train"].cache_files
+data.prepare_splits(cfg.replace(num_pairs=200))  # other settings: smaller splits into the same folder
+print(len(held["train"]), sum(len(ko) for ko in held["train"]["ko"]) > 0)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-2000:]}"
+    assert result.stdout.split()[-2:] == ["596", "True"]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [".pairs.lock", "pairs"], "no leftovers"
+
+
+def test_splits_are_swapped_in_whole_and_a_damaged_copy_is_built_again(tiny_cfg, no_network, monkeypatch):
+    import os
+
+    first = data.prepare_splits(tiny_cfg)
+    folder = data.splits_dir(tiny_cfg)
+    real = os.replace
+
+    def killed_at_swap(src, dst):
+        if Path(dst) == folder:
+            raise KeyboardInterrupt  # stopped after parking the old copy, before the new one is in place
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed_at_swap)
+    with pytest.raises(KeyboardInterrupt):
+        data.save_splits(first, tiny_cfg)
+    monkeypatch.setattr(os, "replace", real)
+    assert not folder.exists()
+    monkeypatch.setattr(data, "load_pairs", lambda *a, **k: pytest.fail("rebuilt instead of recovering"))
+    assert data.fingerprint(data.prepare_splits(tiny_cfg)) == data.fingerprint(first)
+    monkeypatch.undo()
+    (folder / "info.json").write_text('{"source": "bund')
+    with pytest.warns(UserWarning, match=r"info.json is damaged .*; building them again"):
+        again = data.prepare_splits(tiny_cfg)
+    assert data.fingerprint(again) == data.fingerprint(first) == read_info(tiny_cfg)["fingerprint"]
