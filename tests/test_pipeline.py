@@ -279,3 +279,85 @@ def test_apple_gpus_under_64_gb_slice_attention(monkeypatch, device, gib, sliced
     monkeypatch.setattr(P, "_memory_bytes", lambda: gib * 1024 ** 3)
     P._fit_memory(Fake, device)
     assert calls == ["vae", "attention"] if sliced else calls == ["vae"]
+
+
+def test_prompts_and_negative_prompts_are_checked_at_the_boundary(cfg, pipe):
+    latents = P.fixed_latents(pipe, cfg, 2)
+    settings = {"num_inference_steps": 2, "guidance_scale": 2.5}
+    one = P.generate(pipe, "빨간 원", latents[:1], **settings)
+    assert len(one) == 1, "one string is one prompt, not one prompt per character"
+    prompts, negatives = ["왼쪽에 있는 빨간 원", "위에 있는 파란 사각형"], ["파란색", "빨간색"]
+    each = P.generate(pipe, prompts, latents, negative_prompt=negatives, **settings)
+    for i, prompt in enumerate(prompts):  # a list gives each prompt its own negative prompt
+        gap = {n: np.abs(np.asarray(each[i], float) - np.asarray(
+            P.generate(pipe, [prompt], latents[i:i + 1], negative_prompt=n, **settings)[0], float)).max()
+            for n in negatives}
+        assert gap[negatives[i]] <= 1 < gap[negatives[1 - i]], gap  # batched vs alone: rounding only
+    with pytest.raises(ValueError, match="negative_prompt has 3 entries for 2 prompts; give one string for all"):
+        P.generate(pipe, prompts, latents, negative_prompt=negatives + ["초록색"], **settings)
+    with pytest.raises(TypeError, match=r"prompts\[1\] is NoneType None, not a string"):
+        P.generate(pipe, ["빨간 원", None], latents, **settings)
+    with pytest.raises(TypeError, match=r"negative_prompt\[0\] is int 3, not a string"):
+        P.generate(pipe, prompts, latents, negative_prompt=[3, "x"], **settings)
+    with pytest.raises(ValueError, match=r"latents must be a tensor of shape \(n, 4, height, width\), got \(2, 3, 8, 8\)"):
+        P.generate(pipe, prompts, latents[:, :3], **settings)
+    with pytest.raises(ValueError, match="batch_size must be a whole number >= 1, got 0"):
+        P.generate(pipe, prompts, latents, batch_size=0, **settings)
+    with pytest.raises(ValueError, match="prompts is empty"):
+        P.generate(pipe, [], latents[:0], **settings)
+
+
+def test_img2img_converts_images_where_the_intent_is_clear_and_refuses_the_rest(cfg, pipe):
+    from PIL import Image
+
+    i2i = P.img2img_pipeline(pipe)
+    picture = kd.world.render(kd.world.Scene("circle", "red", "left", "large"))
+    settings = {"strength": 0.5, "num_inference_steps": 2}
+    rgb = P.img2img(i2i, ["파란 원"], [picture], **settings)[0]
+    for other in (picture.convert("RGBA"), picture.convert("P"),
+                  picture.resize((4 * cfg.image_size, 4 * cfg.image_size), Image.NEAREST)):
+        image = P.img2img(i2i, ["파란 원"], [other], **settings)[0]
+        assert image.size == rgb.size and np.abs(np.asarray(image, float) - np.asarray(rgb, float)).mean() < 8, \
+            f"{other.mode} {other.size} starts from the same picture"
+    both = P.img2img(i2i, ["파란 원", "파란 원"], picture, **settings)
+    listed = P.img2img(i2i, ["파란 원", "파란 원"], [picture, picture], **settings)
+    assert len(both) == 2 and all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(both, listed)), \
+        "one image serves every prompt"
+    with pytest.raises(ValueError, match=r"images\[0\] is 64x32, but this pipeline makes 64x64 images; crop it"):
+        P.img2img(i2i, ["파란 원"], [picture.crop((0, 0, 64, 32))], **settings)
+    with pytest.raises(TypeError, match=r"images\[0\] is ndarray, not a PIL image"):
+        P.img2img(i2i, ["파란 원"], [np.asarray(picture)], **settings)
+
+
+def test_export_writes_only_into_a_new_or_empty_folder_and_replaces_an_export_only_when_asked(cfg, student_dir,
+                                                                                              tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "essay.txt").write_text("keep me")
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match=r"is not empty and holds no exported pipeline \(essay.txt\)"):
+            P.export_pipeline(cfg, student_dir, mine, overwrite=overwrite)
+    with pytest.raises(FileExistsError, match=r"holds no exported pipeline \(config.json, kdsd_meta.json"):
+        P.export_pipeline(cfg, student_dir, student_dir, overwrite=True)  # not over the student itself
+    (tmp_path / "empty").mkdir()
+    first = P.export_pipeline(cfg, student_dir, tmp_path / "empty")
+    stamp = (first / "kdsd_export.json").stat().st_mtime_ns
+    with pytest.raises(FileExistsError, match="already holds an exported pipeline; replace it with --overwrite"):
+        P.export_pipeline(cfg, student_dir, first)
+    assert (first / "kdsd_export.json").stat().st_mtime_ns == stamp
+    P.export_pipeline(cfg, student_dir, first, overwrite=True)
+    assert (first / "kdsd_export.json").stat().st_mtime_ns != stamp
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".empty.lock", "empty", "mine"], "no leftovers"
+    assert sorted(p.name for p in mine.iterdir()) == ["essay.txt"]
+
+
+def test_a_damaged_student_names_the_file_and_what_to_do(cfg, student_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "best"
+    shutil.copytree(student_dir, copy)
+    weights = copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:500])
+    with pytest.raises(ValueError, match=rf"the student in {copy} cannot be loaded: a file is missing or damaged "
+                                         rf".*copy the folder again"):
+        P.korean_pipeline(cfg, copy)
