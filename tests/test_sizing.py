@@ -98,3 +98,23 @@ def test_the_stand_in_check_needs_the_real_clip_vocabulary(monkeypatch, tmp_path
     monkeypatch.setattr(sizing, "clip_bpe_file", lambda: None)
     assert main(["sizing", "--check", str(tmp_path)]) == 1
     assert "open-clip-torch" in capsys.readouterr().err
+
+
+def _minutes(low: float, high: float) -> str:
+    low, high = round(low), round(high)
+    return f"약 {low}분" if low == high else f"약 {low}–{high}분"
+
+
+def test_the_course_map_time_column_comes_from_the_derivation(cfg):
+    from pathlib import Path
+
+    notebook = json.loads((Path(__file__).parent.parent / "notebooks" / "00_overview.ipynb").read_text())
+    text = "".join(line for cell in notebook["cells"] for line in cell["source"])
+    assert "`class`, Colab T4 (**추정**)" in text
+    fast, slow = (sizing.course_minutes(cfg, "T4", m) for m in reversed(sizing.GPUS["T4"].mfu))
+    rows = {line.split("|")[1].strip(): line.split("|")[5].strip() for line in text.splitlines()
+            if line.startswith("| 0")}
+    assert sorted(rows) == sorted(fast)
+    for number, cell in rows.items():
+        assert cell.startswith(_minutes(fast[number], slow[number])), (number, cell, fast[number], slow[number])
+    assert f"{cfg.num_pairs // 10_000}만 쌍" in text
