@@ -118,3 +118,36 @@ def test_the_course_map_time_column_comes_from_the_derivation(cfg):
     for number, cell in rows.items():
         assert cell.startswith(_minutes(fast[number], slow[number])), (number, cell, fast[number], slow[number])
     assert f"{cfg.num_pairs // 10_000}만 쌍" in text
+
+
+def _readme_section() -> str:
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    return text.split("## `class` 프로필의 크기 (추정)")[1].split("\n## ")[0]
+
+
+def test_the_readme_tables_come_from_the_derivation(cfg):
+    section = _readme_section()
+    cells = [[c.strip().strip("*") for c in line.split("|")[1:-1]] for line in section.splitlines()
+             if line.startswith("| ")]
+    minutes = {row[0]: row[1:] for row in cells if len(row) == 11 and row[0] in sizing.GPUS}
+    assert sorted(minutes) == sorted(sizing.GPUS)
+    for gpu, row in minutes.items():
+        low, high = sizing.GPUS[gpu].mfu
+        fast, slow = sizing.course_minutes(cfg, gpu, high), sizing.course_minutes(cfg, gpu, low)
+        want = [f"{round(fast[n])}" if round(fast[n]) == round(slow[n]) else f"{round(fast[n])}–{round(slow[n])}"
+                for n in sorted(fast)]
+        assert row == want, (gpu, row, want)
+    names = {"00": "00", "02": "02", "03 학습": "03", "03 손으로 쓴 한 단계": "03 hand step", "04": "04", "05": "05",
+             "06": "06", "07": "07", "08, 09": "08"}
+    memory = {names[row[0]]: float(row[-1]) for row in cells if len(row) == 8 and row[0] in names}
+    table = sizing.memory_table(cfg)
+    assert memory == {k: round(table[k]["total"], 2) for k in memory}
+    assert len(memory) == len(names)
+    hours = {row[0]: row[1:] for row in cells if len(row) == 4 and row[0] in ("T4", "L4", "A100 40 GB")}
+    for gpu, row in hours.items():
+        name = gpu.split()[0]
+        want = [f"{h[1]:.1f}–{h[0]:.1f}" for h in (sizing.paper_hours(PROFILES["paper"], e, name)
+                                                  for e in ("clip", "roberta", "roberta_pooler"))]
+        assert row == want, (gpu, row, want)
