@@ -61,9 +61,9 @@ SIZING_MINUTES = 30.0  # one class period per distillation notebook, on a T4, at
 DOWNLOAD_MB_S = 40.0  # hub -> Colab runtime
 DISK_MB_S = 100.0  # checkpoint writes to the runtime's disk (Google Drive was not measured)
 INSTALL_MINUTES = 2.0  # requirements-colab.txt: 2 min 02 s into an empty venv on this workspace (2026-11-22)
-# CPU work per 1,000 pairs: `python -m kdutils sizing --check` measured 0.66 s (cleaning and splitting, 01) and
-# 0.29 s (tokenising for training, 03-05) on this workspace's CPU with the real CLIP BPE, on the course's short
-# sentences; taken 3x for OPUS-100's longer sentences and Colab's slower CPU (assumed)
+# CPU work per 1,000 pairs: `python -m kdutils sizing --check` measured 0.67-2.52 s (cleaning and splitting, 01)
+# and 0.28-0.42 s (tokenising for training, 03-05) on this workspace's shared 2-core CPU with the real CLIP BPE, on
+# the course's short sentences; taken as 2 s and 1 s for OPUS-100's longer sentences and Colab's CPU (assumed)
 PREP_S_PER_1K = 2.0
 TOKENIZE_S_PER_1K = 1.0
 
