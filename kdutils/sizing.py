@@ -16,8 +16,9 @@ checked and replaced by a measurement:
 The memory side adds the bytes of weights, optimizer state, token ids and the
 teacher cache (from parameter counts and the profile), and activation peaks
 counted on a CPU with full-size configurations and random weights
-(:data:`MEASURED`; :func:`measure_training` and :func:`measure_sampling`
-measure them again).
+(:data:`MEASURED`; :func:`kdutils.bench.estimate_gpu_memory` and
+:func:`measure_sampling` measure them again, and ``python -m kdutils sizing
+--check`` runs both with the class profile's code path at full size).
 """
 
 from __future__ import annotations
@@ -537,7 +538,6 @@ def build_standins(root) -> dict[str, str]:
     and text encoder (ViT-L/14 text config, random weights), a klue/roberta-small-shaped student (its config,
     random weights, a WordPiece vocabulary learned from the course's texts), and a file of pairs (the
     course's corpus and the toy world's caption translations). Raises ImportError without open-clip-torch."""
-    import json
     from pathlib import Path
 
     import torch
@@ -567,8 +567,7 @@ def build_standins(root) -> dict[str, str]:
     if not pairs.exists():
         rows = [(r["ko"], r["en"]) for r in read_bundled() + read_toyworld()]
         pairs.write_text("ko\ten\n" + "".join(f"{ko}\t{en}\n" for ko, en in rows), encoding="utf-8")
-    return {"sd_id": str(sd), "student_id": str(student), "data_source": str(pairs),
-            "vocab": json.loads((sd / "tokenizer" / "tokenizer_config.json").read_text()).get("tokenizer_class", "")}
+    return {"sd_id": str(sd), "student_id": str(student), "data_source": str(pairs)}
 
 
 def standin_check(root, *, num_pairs: int = 160, stop_after: int = 2, experiments=("clip", "roberta", "roberta_pooler"),
@@ -595,7 +594,6 @@ def standin_check(root, *, num_pairs: int = 160, stop_after: int = 2, experiment
     started = time.perf_counter()
     ids = build_standins(root)
     result: dict = {"build_s": round(time.perf_counter() - started, 1)}
-    ids.pop("vocab")
     base = PROFILES["class"]
     common = dict(ids, data_config=None, device="cpu", seed=0)
     # 1. data preparation, every stand-in pair, timed
