@@ -158,8 +158,10 @@ def export_pipeline(cfg, student_dir: str | Path, output_dir: str | Path, *, saf
     fp16 anyway. ``kdsd_export.json`` names the student, its metrics and the saved dtype.
     """
     pipe = korean_pipeline(cfg, student_dir, safety_checker=safety_checker, device="cpu")
-    if fp16:
-        pipe.to(dtype=torch.float16)
+    if fp16:  # module by module: the pipeline's own .to() warns that fp16 cannot run on the CPU
+        for component in pipe.components.values():
+            if isinstance(component, torch.nn.Module):
+                component.to(torch.float16)
     out = Path(output_dir)
     pipe.save_pretrained(str(out))
     meta = json.loads((Path(student_dir) / "kdsd_meta.json").read_text(encoding="utf-8"))
