@@ -1,4 +1,4 @@
-"""Command line: ``python -m kdutils {course,train,export,bench,tiny,colab} ...``."""
+"""Command line: ``python -m kdutils {course,train,export,bench,sizing,tiny,colab} ...``."""
 
 from __future__ import annotations
 
@@ -104,10 +104,28 @@ def _export(args: argparse.Namespace) -> int:
 
     cfg = kd.setup(args.profile, quiet=True)
     out = export_pipeline(cfg, args.student, args.output, safety_checker=not args.no_safety_checker,
-                          overwrite=args.overwrite)
+                          overwrite=args.overwrite, fp16=args.fp16)
     print(f"pipeline saved to {out}; load it with StableDiffusionPipeline.from_pretrained({str(out)!r})")
     if args.push_to_hub:
         return _push(out, args.push_to_hub, private=args.private)
+    return 0
+
+
+def _sizing(args: argparse.Namespace) -> int:
+    import json
+
+    from . import sizing
+
+    if args.check:
+        try:
+            result = sizing.standin_check(args.check)
+        except ImportError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        print(json.dumps(result, indent=2))
+        return 0
+    report = sizing.derivation(PROFILES["class"])
+    print(json.dumps(report, indent=2) if args.json else sizing.format_derivation(report))
     return 0
 
 
@@ -172,6 +190,10 @@ def _tiny(args: argparse.Namespace) -> int:
 
         report = toymodels.build(args.output or toymodels.ASSETS)
         print(json.dumps(report, indent=2))
+    if args.pretrain_student:  # only the toy klue/roberta-small (minutes on a CPU)
+        from . import toymodels
+
+        print(json.dumps(toymodels.pretrain_student((args.output or toymodels.ASSETS) / "roberta-small"), indent=2))
     if args.eval:  # how well images follow their prompts, for the teacher and any trained students
         import kdutils as kd
 
@@ -179,7 +201,7 @@ def _tiny(args: argparse.Namespace) -> int:
 
         cfg = kd.setup("tiny", quiet=True)
         print(json.dumps(toymodels.evaluate_course(cfg), indent=2))
-    if not (args.train or args.eval):
+    if not (args.train or args.eval or args.pretrain_student):
         for name in TRAINED + NAMES:
             print(f"{TINY_PREFIX}{name} -> {resolve(TINY_PREFIX + name)}")
     return 0
@@ -248,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--overwrite", action="store_true", help="replace a pipeline exported to --output before")
     export.add_argument("--profile", choices=profiles, help="default: KDSD_PROFILE, else auto")
     export.add_argument("--no-safety-checker", action="store_true", help="leave the safety checker out")
+    export.add_argument("--fp16", action="store_true",
+                        help="save the weights in fp16: half the size (SD v1.4 about 2.7 GB instead of 5.5 GB); "
+                             "load with dtype=torch.float16 on a GPU")
     export.add_argument("--push-to-hub", metavar="REPO_ID", type=_hub_repo_id,
                         help="also upload the folder to this Hugging Face model repo (OWNER/NAME; needs `hf auth login`)")
     export.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo as private")
@@ -277,10 +302,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="instead: where the engine's step spends its time (teacher, forward, backward, optimizer)")
     bench.set_defaults(func=_bench)
 
+    sizing = sub.add_parser("sizing", help="the class profile's derivation: minutes and GPU memory per notebook "
+                                           "(estimates), and a full-size stand-in check on the CPU")
+    sizing.add_argument("--check", metavar="DIR", type=Path,
+                        help="instead: run the class profile at full size on the CPU with offline stand-ins in DIR "
+                             "(needs open-clip-torch for the real CLIP vocabulary; several minutes)")
+    sizing.add_argument("--json", action="store_true", help="print the derivation as JSON")
+    sizing.set_defaults(func=_sizing)
+
     tiny = sub.add_parser("tiny", help="the tiny profile's toy world: where its models are, rebuild them, measure them")
     tiny.add_argument("--train", action="store_true",
-                      help="retrain the toy world's SD and scorer with fixed seeds (kdutils/assets/tiny; ~30 min on 2 cores)")
-    tiny.add_argument("--output", type=Path, help="with --train: write the models here instead")
+                      help="retrain the toy world's SD, scorer and pretrained student with fixed seeds (kdutils/assets/tiny; ~30 min on 2 cores)")
+    tiny.add_argument("--pretrain-student", action="store_true",
+                      help="only pretrain the toy klue/roberta-small on the Korean corpus (masked LM; ~5 min on 2 cores)")
+    tiny.add_argument("--output", type=Path, help="with --train or --pretrain-student: write the models here instead")
     tiny.add_argument("--eval", action="store_true",
                       help="print JSON: attribute accuracy of images from English and Korean prompts, per text encoder")
     tiny.set_defaults(func=_tiny)

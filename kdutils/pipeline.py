@@ -76,13 +76,66 @@ def _memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def _fit_memory(pipe, device: str) -> None:
-    """Batched VAE decoding in slices; sliced attention on GPUs under 16 GB, and on Macs under 64 GB
-    (diffusers' advice for Apple GPUs, which share the machine's memory)."""
+# SD v1.4's parameter counts (diffusers' configs for CompVis/stable-diffusion-v1-4): UNet, VAE, the CLIP
+# ViT-L/14 text encoder, and the safety checker (a CLIP ViT-L/14 vision tower with its projection)
+SD14_PARAMETERS = {"unet": 859.52e6, "vae": 83.65e6, "text_encoder": 123.06e6, "safety_checker": 304.0e6}
+SD14_HEADS = 8  # attention heads in every UNet attention block of SD v1.x
+CUDA_FREE_FRACTION = 0.85  # of a card's memory, what sampling may plan to use: the CUDA context and fragmentation take the rest
+
+
+def sd_sampling_bytes(image_size: int = 512, batch_size: int = 1, *, bytes_per_value: int = 2,
+                      parameters: float | None = None, heads: int = SD14_HEADS) -> dict[str, float]:
+    """An estimate of the GPU memory SD v1.x needs to sample, by part, in bytes (and their ``total``).
+
+    The estimate is deliberately pessimistic about attention: it counts the
+    self-attention scores of the UNet's full-resolution blocks as if they were
+    materialised (``2 * batch`` rows for classifier-free guidance, ``heads``
+    maps of ``N x N`` for ``N = (image_size / 8) ** 2`` latent pixels, scores
+    plus their softmax). PyTorch 2's memory-efficient attention kernels never
+    hold that matrix, so what a card really needs is less. Other parts:
+    weights at ``bytes_per_value`` (fp16 on CUDA), the UNet's feature maps
+    (about 20 live maps of 320 channels), and decoding one image at a time
+    through the VAE (about 10 live maps of 128 channels at full size, plus its
+    single-head attention at latent size).
+    """
+    if image_size <= 0 or image_size % 8 or batch_size < 1:
+        raise ValueError(f"image_size must be a positive multiple of 8 and batch_size at least 1; "
+                         f"got {image_size} and {batch_size}")
+    rows = 2 * batch_size  # the prompt and the empty prompt
+    tokens = (image_size // 8) ** 2
+    parts = {
+        "weights": (parameters if parameters is not None else sum(SD14_PARAMETERS.values())) * bytes_per_value,
+        "attention scores": rows * heads * tokens ** 2 * bytes_per_value * 2,
+        "unet feature maps": rows * 320 * tokens * bytes_per_value * 20,
+        "vae decode": (10 * 128 * image_size ** 2 + 2 * tokens ** 2) * bytes_per_value,
+    }
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def _parameters(pipe) -> float | None:
+    """The parameter count of a loaded pipeline's models, or None when it has none to count (a stand-in)."""
+    modules = [m for m in getattr(pipe, "components", {}).values() if isinstance(m, torch.nn.Module)]
+    return float(sum(p.numel() for m in modules for p in m.parameters())) if modules else None
+
+
+def _fit_memory(pipe, device: str, image_size: int = 512, batch_size: int = 1) -> None:
+    """Batched VAE decoding in slices, and sliced attention where memory calls for it.
+
+    On CUDA, attention is sliced only when :func:`sd_sampling_bytes` (fp16, at
+    the profile's image size and batch, pessimistic about attention) exceeds
+    ``CUDA_FREE_FRACTION`` of the card. For SD v1.4 at 512 px and 2 images per
+    batch (the ``class`` profile) that is about 5.4 GiB, so a T4 (about 15 GiB)
+    or a 12 GiB card samples at full speed; slicing would only slow it. At 8
+    images per batch (about 12 GiB) a 12 GiB card slices and a T4 does not. On Macs under 64 GB attention is
+    sliced as diffusers advises for Apple GPUs, which share the machine's memory.
+    """
     pipe.vae.enable_slicing()
     kind = torch.device(device).type
-    if kind == "cuda" and torch.cuda.get_device_properties(0).total_memory < 16 * 1024 ** 3:
-        pipe.enable_attention_slicing()
+    if kind == "cuda":
+        need = sd_sampling_bytes(image_size, batch_size, parameters=_parameters(pipe))["total"]
+        if need > CUDA_FREE_FRACTION * torch.cuda.get_device_properties(0).total_memory:
+            pipe.enable_attention_slicing()
     elif kind == "mps" and _memory_bytes() < 64 * 1024 ** 3:
         pipe.enable_attention_slicing()
 
@@ -103,7 +156,7 @@ def load_sd_pipeline(cfg, *, safety_checker: bool = True, text_encoder=None, tok
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     with quiet_encoder_swap():
         pipe = StableDiffusionPipeline.from_pretrained(resolve(cfg.sd_id), **kwargs).to(device)
-    _fit_memory(pipe, device)
+    _fit_memory(pipe, device, cfg.image_size, cfg.sample_batch_size)
     return pipe
 
 
@@ -159,24 +212,31 @@ def korean_pipeline(cfg, student_dir: str | Path, *, base=None, safety_checker: 
 
 
 def export_pipeline(cfg, student_dir: str | Path, output_dir: str | Path, *, safety_checker: bool = True,
-                    overwrite: bool = False) -> Path:
+                    overwrite: bool = False, fp16: bool = False) -> Path:
     """Save SD with the student as a complete folder for ``StableDiffusionPipeline.from_pretrained``.
 
-    Saved in fp32 from the CPU, with ``kdsd_export.json`` naming the student
-    and its metrics. ``output_dir`` must be new or empty; a pipeline exported
-    there before is replaced only with ``overwrite=True``, and a folder that
-    holds anything else is never written into. The folder is written beside
-    its final name and swapped in, so a crash leaves the earlier export whole.
+    Saved from the CPU in fp32, or with ``fp16`` in half precision: half the bytes (SD v1.4 with the
+    safety checker: about 2.7 GB instead of 5.5 GB), for sharing and for Drive, where a GPU samples in
+    fp16 anyway. ``kdsd_export.json`` names the student, its metrics and the saved dtype.
+    ``output_dir`` must be new or empty; a pipeline exported there before is
+    replaced only with ``overwrite=True``, and a folder that holds anything
+    else is never written into. The folder is written beside its final name
+    and swapped in, so a crash leaves the earlier export whole.
     """
     out = Path(output_dir).expanduser()
     check_export_folder(out, overwrite)
     pipe = korean_pipeline(cfg, student_dir, safety_checker=safety_checker, device="cpu")
+    if fp16:  # module by module: the pipeline's own .to() warns that fp16 cannot run on the CPU
+        for component in pipe.components.values():
+            if isinstance(component, torch.nn.Module):
+                component.to(torch.float16)
     meta = read_json(Path(student_dir) / "kdsd_meta.json", "")
     with folder_lock(out, "export"):
         tmp = staging(out)
         pipe.save_pretrained(str(tmp))
         (tmp / "kdsd_export.json").write_text(json.dumps({"sd": cfg.sd_id, "student_checkpoint": str(student_dir),
-                                                          **meta}, indent=2, ensure_ascii=False) + "\n")
+                                                          **meta, "saved_dtype": "float16" if fp16 else "float32"},
+                                                         indent=2, ensure_ascii=False) + "\n")
         return swap_in(out)
 
 

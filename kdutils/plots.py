@@ -68,7 +68,7 @@ def use_korean_font() -> str | None:
             matplotlib.rcParams["axes.unicode_minus"] = False  # NanumGothic has no minus sign U+2212
             return name
     warnings.warn("No font with Hangul found, so Korean text in figures shows as boxes. Install one with "
-                  "`pip install koreanize-matplotlib` (it is in requirements.txt) and rerun kd.setup().",
+                  "`pip install koreanize-matplotlib` (kdutils declares it, so `pip install -e .` brings it) and rerun kd.setup().",
                   stacklevel=2)
     return None
 

@@ -157,6 +157,13 @@ PROFILES: dict[str, Profile] = {
         eval_every=2_000,
         student_padding="pad",  # as the study trained
     ),
+    # sized by arithmetic (kdutils.sizing; README "class 프로필의 크기"), an estimate until a GPU measures it:
+    # the slowest distillation notebook (03, CLIP: 93.1 GFLOP a pair) fits 30 minutes in a fresh Colab
+    # runtime on a T4 at 15% of its 65 TFLOP/s fp16 peak up to ~116,000 pairs; 110,000 pairs leave 106,000 to
+    # train on, 11% of the study's 1,000,000 pair passes. The study's batch, lr, weight decay and schedule are
+    # kept; one epoch over new pairs instead of five over fewer (OPUS-100 en-ko has ~1M pairs, and the study
+    # got more from more pairs). Too large for prepare_train's 2 GiB teacher cache (12 GiB): the teacher runs
+    # on each batch.
     "class": Profile(
         name="class",
         sd_id=_SD,
@@ -164,11 +171,11 @@ PROFILES: dict[str, Profile] = {
         scorer_id="openai/clip-vit-base-patch16",
         data_source="Helsinki-NLP/opus-100",
         data_config="en-ko",
-        num_pairs=20_000,
+        num_pairs=110_000,
         num_epochs=1,
         batch_size=32,
         lr=5e-5,
-        eval_every=200,
+        eval_every=500,  # 3,313 steps: 8 evaluations, each also writing last/ (CLIP: 1.5 GB with AdamW state)
         num_inference_steps=30,
         sample_batch_size=2,
         num_eval_prompts=16,

@@ -103,14 +103,15 @@ def fake_export(monkeypatch, tmp_path):
 
     import kdutils.pipeline
 
-    def export_pipeline(cfg, student_dir, output_dir, *, safety_checker=True, overwrite=False):
+    def export_pipeline(cfg, student_dir, output_dir, *, safety_checker=True, overwrite=False, fp16=False):
+        hub["fp16"].append(fp16)
         out = Path(output_dir)
         out.mkdir(parents=True)
         (out / "model_index.json").write_text("{}")
         (out / "kdsd_export.json").write_text(json.dumps({"experiment": "roberta", "teacher": cfg.sd_id}))
         return out
 
-    hub = {"created": [], "uploaded": []}
+    hub = {"created": [], "uploaded": [], "fp16": []}
 
     def create_repo(repo_id, private=False, exist_ok=False):
         hub["created"].append((repo_id, private, exist_ok))
@@ -134,7 +135,7 @@ def _export(tmp_path, *flags):
 
 def test_export_pushes_the_saved_folder_only_when_asked(fake_export, tmp_path, capsys, no_network):
     assert _export(tmp_path) == 0
-    assert fake_export == {"created": [], "uploaded": []}
+    assert fake_export == {"created": [], "uploaded": [], "fp16": [False]}
     shutil.rmtree(tmp_path / "exported")
     assert _export(tmp_path, "--push-to-hub", "a-teacher/kd-roberta", "--private") == 0
     assert fake_export["created"] == [("a-teacher/kd-roberta", True, True)]
@@ -143,6 +144,11 @@ def test_export_pushes_the_saved_folder_only_when_asked(fake_export, tmp_path, c
     out = capsys.readouterr().out
     assert "pushed to https://huggingface.co/a-teacher/kd-roberta" in out
     assert "KDSD_STUDENT_<EXPERIMENT>=a-teacher/kd-roberta" in out
+
+
+def test_export_fp16_asks_for_half_precision_weights(fake_export, tmp_path):
+    assert _export(tmp_path, "--fp16") == 0
+    assert fake_export["fp16"] == [True]
 
 
 def test_a_failed_push_keeps_the_export_and_says_how_to_log_in(fake_export, tmp_path, capsys, monkeypatch):

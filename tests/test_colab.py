@@ -1,8 +1,11 @@
 """Colab: one repository in code, a command that re-points every link to a fork, and a light install."""
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -104,31 +107,67 @@ def test_a_folder_without_notebooks_is_refused(tmp_path):
         repoint(FORK, root=tmp_path)
 
 
-def _requirements(name: str) -> list[str]:
-    lines = (ROOT / name).read_text(encoding="utf-8").splitlines()
-    return [line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()]
+def _setup_cell(path: Path) -> str:
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    return next("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code" and "git clone" in "".join(c["source"]))
 
 
-def _package(line: str) -> str:
-    return re.split(r"[<>=!~\[ ]", line, maxsplit=1)[0].lower()
+def _run_setup_cell(home: Path, tmp_path: Path, **env) -> subprocess.CompletedProcess:
+    """00's setup cell in a fresh Python with google.colab faked and /content/kdsd moved to ``home``."""
+    code = "import sys, types\nsys.modules['google.colab'] = types.ModuleType('google.colab')\n"
+    code += _setup_cell(NOTEBOOKS[0]).replace("/content/kdsd", str(home))
+    # no network: git's HTTPS goes to a closed port on this machine, and so does any proxy pip would use
+    offline = {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "http.proxy", "GIT_CONFIG_VALUE_0": "http://127.0.0.1:9",
+               "HTTPS_PROXY": "http://127.0.0.1:9", "PIP_NO_INDEX": "1"}
+    return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **offline, **env})
 
 
-def test_colab_installs_the_lessons_packages_and_keeps_colabs_torch():
-    colab = _requirements("requirements-colab.txt")
-    packages = {_package(line) for line in colab if not line.startswith("-")}
-    colab_ships_its_own = {"torch", "torchvision", "ipywidgets", "jupyterlab", "notebook"}
-    assert not packages & (colab_ships_its_own | {"nbval", "nbclient", "pytest"})
-    assert {"transformers", "diffusers", "datasets", "accelerate", "koreanize-matplotlib"} <= packages
-    assert "-e ." in colab, "kdutils itself"
+def test_every_notebook_has_the_same_setup_cell():
+    cells = {path.name: _setup_cell(path) for path in NOTEBOOKS + sorted((ROOT / "notebooks" / "solutions").glob("*.ipynb"))}
+    assert len(set(cells.values())) == 1, "one setup cell, so one test covers them all"
 
 
-def test_the_full_install_is_the_colab_one_plus_torch_jupyter_and_tests():
-    full = _requirements("requirements.txt")
-    assert "-r requirements-colab.txt" in full
-    packages = {_package(line) for line in full if not line.startswith("-")}
-    assert {"torch", "ipywidgets", "jupyterlab", "nbval", "nbclient", "pytest"} <= packages
+def test_the_setup_cell_stops_loudly_when_the_clone_fails(tmp_path):
+    home = tmp_path / "kdsd"
+    run = _run_setup_cell(home, tmp_path)
+    assert run.returncode == 1 and "RuntimeError" in run.stderr
+    assert f"https://github.com/{REPO}" in run.stderr, "it names the repository"
+    assert "python -m kdutils colab --repo" in run.stderr, "and says what a fork does"
+    assert not home.exists(), "it stops there: no folder, no install"
+
+
+def _git(*args, cwd):
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def test_running_the_setup_cell_again_updates_the_clone(tmp_path):
+    origin, home = tmp_path / "origin", tmp_path / "kdsd"
+    origin.mkdir()
+    (origin / "requirements-colab.txt").write_text("# nothing to install in this test\n")
+    _git("init", "-q", "-b", "main", cwd=origin)
+    _git("add", ".", cwd=origin)
+    _git("commit", "-q", "-m", "one", cwd=origin)
+    _git("clone", "-q", str(origin), str(home), cwd=tmp_path)  # what the first run left
+    (origin / "new-lesson.txt").write_text("a lesson added after the first run\n")
+    _git("add", ".", cwd=origin)
+    _git("commit", "-q", "-m", "two", cwd=origin)
+
+    run = _run_setup_cell(home, tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert (home / "new-lesson.txt").exists(), "the second run pulled the new commit"
+
+    (home / "requirements-colab.txt").write_text("# a learner's edit that now conflicts\n")
+    _git("commit", "-q", "-am", "mine", cwd=home)
+    (origin / "requirements-colab.txt").write_text("# the course's change\n")
+    _git("commit", "-q", "-am", "three", cwd=origin)
+    run = _run_setup_cell(home, tmp_path)
+    assert run.returncode == 1 and "git -C" in run.stderr and f"delete {home}" in run.stderr, run.stderr
+
+
+def test_ci_installs_the_full_set_into_a_fresh_environment():
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
-    assert "-r requirements.txt" in ci, "CI installs the full set"
+    assert "python3 -m venv" in ci and "-r requirements.txt" in ci and "deptry ." in ci
 
 
 @pytest.fixture

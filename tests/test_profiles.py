@@ -112,3 +112,45 @@ def test_keywords_and_replace_are_checked_and_converted_where_the_intent_is_clea
     assert get_profile("tiny", output_dir="~/kd").output_dir == str(tmp_path / "kd"), "not a folder named '~'"
     monkeypatch.setenv("KDSD_NUM_PAIRS", "1e3")
     assert get_profile("tiny").num_pairs == 1000
+
+
+def test_a_profile_picked_for_want_of_a_gpu_says_so(monkeypatch, tmp_path, capsys):
+    import sys
+    import types
+
+    import torch
+
+    import kdutils
+
+    monkeypatch.delenv("KDSD_PROFILE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert kdutils.setup(quiet=True, output_dir=str(tmp_path)).name == "tiny"
+    printed = capsys.readouterr().out
+    assert kdutils.NO_GPU_NOTE in printed and "Runtime > Change runtime type" not in printed
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    kdutils.setup(quiet=True, output_dir=str(tmp_path))
+    assert "On Colab: Runtime > Change runtime type > T4 GPU" in capsys.readouterr().out
+    kdutils.setup("tiny", quiet=True, output_dir=str(tmp_path))  # chosen on purpose: nothing to say
+    monkeypatch.setenv("KDSD_PROFILE", "tiny")
+    kdutils.setup(quiet=True, output_dir=str(tmp_path))
+    assert capsys.readouterr().out == ""
+
+
+def test_class_without_a_gpu_stops_with_a_reason_unless_the_cpu_is_asked_for(monkeypatch, tmp_path):
+    import torch
+
+    import kdutils
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(kdutils.profiles, "auto_device", lambda: "cpu")
+    for name in ("class", "paper"):
+        with pytest.raises(RuntimeError, match=rf"the {name} profile needs a GPU.*device=\"cpu\" \(KDSD_DEVICE=cpu\)"):
+            kdutils.setup(name, quiet=True, output_dir=str(tmp_path / name))
+        assert not (tmp_path / name).exists(), "refused before anything is written"
+    monkeypatch.setenv("KDSD_PROFILE", "class")
+    with pytest.raises(RuntimeError, match="needs a GPU"):
+        kdutils.setup(quiet=True, output_dir=str(tmp_path / "env"))
+    cfg = kdutils.setup("class", quiet=True, device="cpu", output_dir=str(tmp_path / "cpu"))
+    assert (cfg.name, cfg.torch_device) == ("class", "cpu"), "asked for on purpose: it works as asked"
+    monkeypatch.setattr(kdutils.profiles, "auto_device", lambda: "mps")
+    assert kdutils.setup("class", quiet=True, output_dir=str(tmp_path / "mac")).torch_device == "mps"
