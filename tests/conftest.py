@@ -1,6 +1,7 @@
 """Fixtures shared by the unit tests."""
 
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -18,3 +19,22 @@ def no_network(monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", guarded)
     yield
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory):
+    """The tiny profile, writing into a scratch folder of this test module."""
+    import kdutils as kd
+
+    return kd.get_profile("tiny", output_dir=str(tmp_path_factory.mktemp("tiny")))
+
+
+@pytest.fixture(scope="module")
+def student_dir(cfg):
+    """A student checkpoint as kd.distill writes it (untrained: for tests about plumbing)."""
+    import kdutils as kd
+    from kdutils import distill as D
+
+    tokenizer, student = kd.load_student(cfg, "roberta")
+    return D.save_checkpoint(Path(cfg.output_dir) / "best", student, tokenizer,
+                             {"experiment": "roberta", "profile": "tiny", "step": 0})

@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,19 +14,6 @@ import kdutils as kd
 from kdutils import distill as D
 from kdutils import metrics as M
 from kdutils import pipeline as P
-
-
-@pytest.fixture(scope="module")
-def cfg(tmp_path_factory):
-    return kd.get_profile("tiny", output_dir=str(tmp_path_factory.mktemp("pipe")))
-
-
-@pytest.fixture(scope="module")
-def student_dir(cfg):
-    """A student checkpoint as kd.distill writes it (untrained: these tests are about plumbing)."""
-    tokenizer, student = kd.load_student(cfg, "roberta")
-    return D.save_checkpoint(Path(cfg.output_dir) / "best", student, tokenizer,
-                             {"experiment": "roberta", "profile": "tiny", "step": 0})
 
 
 @pytest.fixture(scope="module")

@@ -1,26 +1,9 @@
 """export --fp16: half-precision weights, half the bytes, the same picture (tiny profile)."""
 
-from pathlib import Path
-
-import pytest
 import torch
 
-import kdutils as kd
-from kdutils import distill as D
 from kdutils import metrics as M
 from kdutils import pipeline as P
-
-
-@pytest.fixture(scope="module")
-def cfg(tmp_path_factory):
-    return kd.get_profile("tiny", output_dir=str(tmp_path_factory.mktemp("fp16")))
-
-
-@pytest.fixture(scope="module")
-def student_dir(cfg):
-    tokenizer, student = kd.load_student(cfg, "roberta")
-    return D.save_checkpoint(Path(cfg.output_dir) / "best", student, tokenizer,
-                             {"experiment": "roberta", "profile": "tiny", "step": 0})
 
 
 def test_an_fp16_export_is_half_the_size_and_draws_the_same_picture(cfg, student_dir, tmp_path):

@@ -13,11 +13,6 @@ from kdutils.models import student_env_var, trained_student_source
 
 
 @pytest.fixture(scope="module")
-def cfg(tmp_path_factory):
-    return kd.get_profile("tiny", output_dir=str(tmp_path_factory.mktemp("students")))
-
-
-@pytest.fixture(scope="module")
 def student_dir(cfg, tmp_path_factory):
     """A roberta student checkpoint as kd.distill writes it, under a run folder as on a teacher's Drive."""
     tokenizer, student = kd.load_student(cfg, "roberta")
