@@ -190,6 +190,10 @@ def _tiny(args: argparse.Namespace) -> int:
 
         report = toymodels.build(args.output or toymodels.ASSETS)
         print(json.dumps(report, indent=2))
+    if args.pretrain_student:  # only the toy klue/roberta-small (minutes on a CPU)
+        from . import toymodels
+
+        print(json.dumps(toymodels.pretrain_student((args.output or toymodels.ASSETS) / "roberta-small"), indent=2))
     if args.eval:  # how well images follow their prompts, for the teacher and any trained students
         import kdutils as kd
 
@@ -197,7 +201,7 @@ def _tiny(args: argparse.Namespace) -> int:
 
         cfg = kd.setup("tiny", quiet=True)
         print(json.dumps(toymodels.evaluate_course(cfg), indent=2))
-    if not (args.train or args.eval):
+    if not (args.train or args.eval or args.pretrain_student):
         for name in TRAINED + NAMES:
             print(f"{TINY_PREFIX}{name} -> {resolve(TINY_PREFIX + name)}")
     return 0
@@ -308,8 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     tiny = sub.add_parser("tiny", help="the tiny profile's toy world: where its models are, rebuild them, measure them")
     tiny.add_argument("--train", action="store_true",
-                      help="retrain the toy world's SD and scorer with fixed seeds (kdutils/assets/tiny; ~30 min on 2 cores)")
-    tiny.add_argument("--output", type=Path, help="with --train: write the models here instead")
+                      help="retrain the toy world's SD, scorer and pretrained student with fixed seeds (kdutils/assets/tiny; ~30 min on 2 cores)")
+    tiny.add_argument("--pretrain-student", action="store_true",
+                      help="only pretrain the toy klue/roberta-small on the Korean corpus (masked LM; ~5 min on 2 cores)")
+    tiny.add_argument("--output", type=Path, help="with --train or --pretrain-student: write the models here instead")
     tiny.add_argument("--eval", action="store_true",
                       help="print JSON: attribute accuracy of images from English and Korean prompts, per text encoder")
     tiny.set_defaults(func=_tiny)

@@ -7,9 +7,13 @@ Each is loaded with the same ``from_pretrained`` calls as the real id:
   ``text_encoder``/``tokenizer`` (a CLIP byte-level BPE) are the teacher;
 - ``tiny/clip-scorer``: the toy world's trained ``CLIPModel`` that scores
   images, committed beside it;
-- ``tiny/roberta-small``: an untrained ``RobertaModel`` with a WordPiece
-  tokenizer laid out like ``klue/roberta-small``, built here on first use
-  with fixed seeds (rebuilding gives bit-identical files).
+- ``tiny/roberta-small``: the toy world's ``klue/roberta-small``: a small
+  ``RobertaModel`` pretrained with masked-language modelling on a Korean-only
+  corpus (``korean_corpus``), with a WordPiece vocabulary learned from that
+  corpus, laid out like klue's; committed beside them;
+- ``tiny/roberta-small-blank``: the same network and tokenizer with random
+  weights (no pretraining), built here on first use with fixed seeds
+  (rebuilding gives bit-identical files): what pretraining is measured against.
 """
 
 from __future__ import annotations
@@ -21,9 +25,9 @@ from collections import Counter
 from pathlib import Path
 
 TINY_PREFIX = "tiny/"
-ASSETS_VERSION = "v3"
-NAMES = ("roberta-small",)  # built on first use into the cache
-TRAINED = ("stable-diffusion", "clip-scorer")  # trained by toymodels.py, committed
+ASSETS_VERSION = "v4"
+NAMES = ("roberta-small-blank",)  # built on first use into the cache
+TRAINED = ("stable-diffusion", "clip-scorer", "roberta-small")  # trained by toymodels.py, committed
 TRAINED_DIR = Path(__file__).resolve().parent / "assets" / "tiny"
 
 HIDDEN = 64  # teacher hidden size = UNet cross-attention dim = student hidden size
@@ -63,7 +67,7 @@ def build_all(root: Path) -> Path:
     """Build every tiny asset under ``root``; each folder appears whole or not at all."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    builders = {"roberta-small": _build_student}
+    builders = {"roberta-small-blank": build_blank_student}
     for name in NAMES:
         final = root / name
         if (final / "DONE").exists():
@@ -163,8 +167,29 @@ def build_clip_tokenizer(extra_texts=()):
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_LENGTH)
 
 
-def _build_student_tokenizer(folder: Path):
-    """A WordPiece vocabulary laid out like klue/roberta-small's ([CLS]=0, [PAD]=1, [SEP]=2)."""
+KOREAN_CORPUS_SENTENCES = 40_000  # sentences about the world; the bundled corpus's Korean is added to them
+BUNDLED_REPEATS = 10  # how often each bundled Korean sentence occurs, so that not all is shapes
+
+
+def korean_corpus(n: int = KOREAN_CORPUS_SENTENCES, seed: int = 0) -> list[str]:
+    """The toy world's monolingual Korean corpus, what its ``klue/roberta-small`` is pretrained on.
+
+    ``world.korean_sentences`` (every form and phrasing the world knows, the held-out ones included) and
+    the Korean side of the bundled corpus's train split, which is not about shapes; no English.
+    """
+    from . import world
+
+    _, ko = _train_texts()
+    return world.korean_sentences(n, seed) + ko * BUNDLED_REPEATS
+
+
+def build_student_tokenizer(folder: Path, corpus: list[str] | None = None):
+    """A WordPiece vocabulary laid out like klue/roberta-small's ([CLS]=0, [PAD]=1, [SEP]=2).
+
+    Learned, like klue's, from its Korean corpus (``korean_corpus``), plus the English the student is asked
+    to read in distillation (the bundled corpus's and the world's captions), as klue's vocabulary holds
+    English pieces too. The merges are ``learn_merges``'s, so the same corpus always gives the same vocabulary.
+    """
     from tokenizers import normalizers, pre_tokenizers
     from transformers import BertTokenizerFast
 
@@ -172,11 +197,10 @@ def _build_student_tokenizer(folder: Path):
 
     normalizer = normalizers.BertNormalizer(lowercase=False, strip_accents=False, clean_text=True)
     pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    en, ko = _train_texts()
-    # the toy world's captions too, so its words are whole pieces (sentences of held-out scenes stay out)
-    captions = [text for scene in world.train_scenes() for lang in ("ko", "en") for text in world.every_caption(scene, lang)]
+    en, _ = _train_texts()
+    captions = [text for scene in world.train_scenes() for text in world.every_caption(scene, "en")]
     words: Counter = Counter()
-    for text in ko + en + captions:
+    for text in list(korean_corpus() if corpus is None else corpus) + en + captions:
         for piece, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)):
             words[(piece[0],) + tuple("##" + ch for ch in piece[1:])] += 1
     chars = sorted({symbol for word in words for symbol in word})
@@ -188,8 +212,8 @@ def _build_student_tokenizer(folder: Path):
         if token not in seen:
             seen.add(token)
             tokens.append(token)
-    raw = folder / "_raw"
-    raw.mkdir()
+    raw = Path(folder) / "_raw"
+    raw.mkdir(parents=True)
     (raw / "vocab.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
     tokenizer = BertTokenizerFast.from_pretrained(
         str(raw), model_max_length=MAX_LENGTH, do_lower_case=False, strip_accents=False
@@ -217,17 +241,31 @@ def text_config(tokenizer):
     )
 
 
-def _build_student(folder: Path) -> None:
-    from transformers import RobertaConfig, RobertaModel
+def student_config(tokenizer):
+    """The tiny RoBERTa's config: klue/roberta-small's layout at hidden 64, 2 layers, 4 heads."""
+    from transformers import RobertaConfig
 
-    tokenizer = _build_student_tokenizer(folder)
-    config = RobertaConfig(
+    return RobertaConfig(
         vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=4 * HIDDEN,
         num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=MAX_LENGTH + 3,
         type_vocab_size=1, pad_token_id=tokenizer.pad_token_id,
         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,  # klue uses 0.1; tiny trains too briefly
         bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
     )
+
+
+def blank_student(tokenizer):
+    """The tiny ``RobertaModel`` with its fixed-seed random weights: the start of pretraining, and the blank student."""
+    from transformers import RobertaModel
+
     _seeded(3)
-    RobertaModel(config).save_pretrained(str(folder))
+    return RobertaModel(student_config(tokenizer))
+
+
+def build_blank_student(folder: Path) -> None:
+    """``tiny/roberta-small-blank``: the pretrained student's tokenizer, with no pretraining."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve(TINY_PREFIX + "roberta-small"))
+    blank_student(tokenizer).save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))

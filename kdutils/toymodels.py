@@ -352,19 +352,21 @@ SCORER_STD = (0.5, 0.5, 0.5)
 
 
 # ------------------------------------------------------------------ build
-def build(output: str | Path = ASSETS, recipe: Recipe = Recipe(), progress: bool = True) -> dict:
-    """Train every toy-world model and save them in hub layout under ``output``; returns a build report."""
+def build(output: str | Path = ASSETS, recipe: Recipe = Recipe(), progress: bool = True,
+          student_recipe: "PretrainRecipe | None" = None) -> dict:
+    """Train every toy-world model (SD, scorer, pretrained student) in hub layout under ``output``; returns a build report."""
     started = time.perf_counter()
     output = Path(output)
     threads = torch.get_num_threads()
     torch.set_num_threads(recipe.threads)
+    student_recipe = student_recipe or PretrainRecipe(threads=recipe.threads)
     try:
-        return _build(output, recipe, progress, started)
+        return _build(output, recipe, progress, started, student_recipe)
     finally:
         torch.set_num_threads(threads)
 
 
-def _build(output: Path, recipe: Recipe, progress: bool, started: float) -> dict:
+def _build(output: Path, recipe: Recipe, progress: bool, started: float, student_recipe) -> dict:
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPImageProcessor, CLIPProcessor
 
@@ -411,12 +413,108 @@ def _build(output: Path, recipe: Recipe, progress: bool, started: float) -> dict
     processor = CLIPImageProcessor(size={"shortest_edge": world.IMAGE_SIZE}, do_center_crop=False,
                                    image_mean=list(SCORER_MEAN), image_std=list(SCORER_STD))
     CLIPProcessor(image_processor=processor, tokenizer=tokenizer).save_pretrained(str(output / "clip-scorer"))
+    t = time.perf_counter()
+    report["student"] = pretrain_student(output / "roberta-small", student_recipe, progress)
+    report["student_seconds"] = round(time.perf_counter() - t, 1)
     report["seconds"] = round(time.perf_counter() - started, 1)
     (output / "build.json").write_text(json.dumps(report, indent=2) + "\n")
     for folder in (output / "stable-diffusion", output / "clip-scorer"):
         (folder / "DONE").write_text("toy world\n")  # what kdutils.resolve checks
     shutil.rmtree(stage, ignore_errors=True)
     return report
+
+
+# ------------------------------------------------------------------ the student's pretraining
+@dataclass(frozen=True)
+class PretrainRecipe:
+    """Masked-language-model pretraining of the toy world's ``klue/roberta-small``; ``quick()`` is for tests."""
+
+    sentences: int = 40_000  # generated lines about the world, before the bundled corpus's Korean
+    steps: int = 4000
+    batch: int = 128
+    lr: float = 2e-3
+    mask_rate: float = 0.15  # BERT's: of these, 80% become [MASK], 10% a random token, 10% stay
+    seed: int = 0
+    threads: int = 2
+
+    @classmethod
+    def quick(cls) -> "PretrainRecipe":
+        return cls(sentences=300, steps=3, batch=8)
+
+
+def mask_tokens(ids: torch.Tensor, special: torch.Tensor, tokenizer, rate: float, generator) -> tuple:
+    """BERT's masking: ``(inputs, labels)`` with ``rate`` of the ordinary tokens to predict (labels -100 elsewhere)."""
+    chosen = (torch.rand(ids.shape, generator=generator) < rate) & ~special
+    labels = torch.where(chosen, ids, torch.full_like(ids, -100))
+    roll = torch.rand(ids.shape, generator=generator)
+    inputs = torch.where(chosen & (roll < 0.8), torch.full_like(ids, tokenizer.mask_token_id), ids)
+    first = len(tokenizer.all_special_ids)  # the specials come first in the vocabulary, ordinary pieces after
+    random_ids = torch.randint(first, len(tokenizer), ids.shape, generator=generator)
+    return torch.where(chosen & (roll >= 0.9), random_ids, inputs), labels
+
+
+def pretrain_student(output: str | Path = ASSETS / "roberta-small", recipe: PretrainRecipe = PretrainRecipe(),
+                     progress: bool = True) -> dict:
+    """Learn a WordPiece vocabulary from the Korean corpus and pretrain the tiny RoBERTa on it (masked LM).
+
+    Saves a ``RobertaModel`` (the encoder without its MLM head, as the students load it) and the tokenizer
+    under ``output``, with ``pretraining.json``; the pooler keeps its fixed-seed initialisation, as
+    masked-language modelling does not train it.
+    """
+    from transformers import RobertaForMaskedLM
+
+    from .tiny import blank_student, build_student_tokenizer, korean_corpus, student_config
+
+    started = time.perf_counter()
+    output = Path(output)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(recipe.threads)
+    try:
+        corpus = korean_corpus(recipe.sentences, recipe.seed)
+        shutil.rmtree(output, ignore_errors=True)
+        output.mkdir(parents=True)
+        tokenizer = build_student_tokenizer(output, corpus)
+        encoded = tokenizer(corpus, truncation=True, max_length=MAX_LENGTH)["input_ids"]
+        torch.manual_seed(recipe.seed + 4)
+        model = RobertaForMaskedLM(student_config(tokenizer)).train()
+        model.roberta.load_state_dict(blank_student(tokenizer).state_dict(), strict=False)  # the blank student's start
+        optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=1e-4)
+        generator = torch.Generator().manual_seed(recipe.seed + 15)
+        losses = []
+        bar = _bar(recipe.steps, "pretraining (masked LM)", progress)
+        for step in bar:
+            _cosine_lr(optimizer, step, recipe.steps, recipe.lr, warmup=min(200, recipe.steps // 10 + 1))
+            rows = [encoded[i] for i in torch.randint(len(encoded), (recipe.batch,), generator=generator).tolist()]
+            width = max(map(len, rows))
+            ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])
+            mask = ids != tokenizer.pad_token_id
+            special = ~mask | (ids == tokenizer.cls_token_id) | (ids == tokenizer.sep_token_id)
+            inputs, labels = mask_tokens(ids, special, tokenizer, recipe.mask_rate, generator)
+            hidden = model.roberta(input_ids=inputs, attention_mask=mask.long())[0]
+            chosen = labels != -100  # the vocabulary-wide head only where a token is to be predicted: 7x less work
+            loss = F.cross_entropy(model.lm_head(hidden[chosen]), labels[chosen])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+        encoder = blank_student(tokenizer)
+        missing = encoder.load_state_dict(model.roberta.state_dict(), strict=False).missing_keys
+        assert all(key.startswith("pooler.") for key in missing), missing
+        encoder.save_pretrained(str(output))
+        tokenizer.save_pretrained(str(output))
+        tail = losses[-min(100, len(losses)):]
+        report = {"recipe": asdict(recipe), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                  "corpus_sentences": len(corpus), "corpus_tokens": sum(map(len, encoded)), "vocab_size": len(tokenizer),
+                  "mlm_loss_first_100": round(float(np.mean(losses[:100])), 3), "mlm_loss_last_100": round(float(np.mean(tail)), 3),
+                  "seconds": round(time.perf_counter() - started, 1)}
+        (output / "pretraining.json").write_text(json.dumps(report, indent=2) + "\n")
+        (output / "DONE").write_text("toy world\n")
+        return report
+    finally:
+        torch.set_num_threads(threads)
 
 
 # ------------------------------------------------------------------ measuring
@@ -427,39 +525,97 @@ def attribute_accuracy(images: list, scenes: list) -> dict[str, float]:
             for name in ("colour", "shape", "position")}
 
 
-def generate_for(pipe, prompts: list[str], cfg, seed: int = 0) -> list:
+def generate_for(pipe, prompts: list[str], cfg, seed: int = 0, guidance_scale: float | None = None) -> list:
     from .pipeline import fixed_latents, generate
 
     latents = fixed_latents(pipe, cfg, len(prompts), seed=seed)
     return generate(pipe, prompts, latents, num_inference_steps=cfg.num_inference_steps,
-                    guidance_scale=cfg.guidance_scale, batch_size=cfg.sample_batch_size)
+                    guidance_scale=cfg.guidance_scale if guidance_scale is None else guidance_scale,
+                    batch_size=cfg.sample_batch_size)
 
 
-def evaluate(cfg, pipes: dict | None = None, scenes: list | None = None, languages=("en", "ko")) -> dict:
-    """Attribute accuracy of images drawn from the world's canonical prompts, per encoder and language.
+PROMPTS = {  # how each scene is asked for, by ``evaluate``'s language key
+    "en": lambda scenes: [world.canonical_en(s) for s in scenes],
+    "ko": lambda scenes: [world.canonical_ko(s) for s in scenes],  # the pairs' template phrasing
+    "ko_phrasing": lambda scenes: world.held_out_prompts(scenes),  # phrasings no pair uses
+}
+
+
+def evaluate(cfg, pipes: dict | None = None, scenes: list | None = None, languages=("en", "ko"),
+             guidance_scale: float | None = None) -> dict:
+    """Attribute accuracy of images drawn from the world's prompts, per encoder and language.
 
     ``pipes`` maps a name to a pipeline (default: the teacher's own SD); each is
-    asked for every scene in each of ``languages`` from the same latents.
+    asked for every scene in each of ``languages`` (keys of ``PROMPTS``: ``en``, ``ko`` the pairs' phrasing,
+    ``ko_phrasing`` held-out phrasings) from the same latents, at ``guidance_scale`` (default the profile's).
     Keys: ``<name>_<language>`` and ``<name>_<language>_held_out``, each
-    ``{"colour", "shape", "position"}`` accuracies.
+    ``{"colour", "shape", "position"}`` accuracies, and ``<name>_<language>_cmmd``: the CMMD between the
+    images and jittered renders of the scenes they were asked for, under the world's scorer (lower is closer;
+    renders of the same scenes with other jitter measure 0.006, see ``reference_cmmd``).
     """
+    from .metrics import cmmd, load_scorer
     from .pipeline import load_sd_pipeline
 
     scenes = scenes or world.eval_scenes()
     pipes = pipes or {"teacher": load_sd_pipeline(cfg)}
+    guidance = cfg.guidance_scale if guidance_scale is None else guidance_scale
     held = [world.is_held_out(s) for s in scenes]
+    processor, scorer = load_scorer(cfg, device="cpu")
+    truth = true_renders(scenes)
     results = {"scenes": len(scenes), "held_out_scenes": int(sum(held)),
                "chance": {"colour": 1 / len(world.COLOURS), "shape": 1 / len(world.SHAPES),
                           "position": 1 / len(world.POSITIONS)},
-               "settings": {"steps": cfg.num_inference_steps, "guidance": cfg.guidance_scale}}
+               "settings": {"steps": cfg.num_inference_steps, "guidance": guidance}}
     for name, pipe in pipes.items():
         for lang in languages:
-            caption = {"en": world.canonical_en, "ko": world.canonical_ko}[lang]
-            images = generate_for(pipe, [caption(s) for s in scenes], cfg)
+            images = generate_for(pipe, PROMPTS[lang](scenes), cfg, guidance_scale=guidance)
             results[f"{name}_{lang}"] = attribute_accuracy(images, scenes)
             results[f"{name}_{lang}_held_out"] = attribute_accuracy([i for i, h in zip(images, held) if h],
                                                                     [s for s, h in zip(scenes, held) if h])
+            results[f"{name}_{lang}_cmmd"] = cmmd(processor, scorer, images, truth)
     return results
+
+
+def true_renders(scenes: list, seed: int = 10_000) -> list:
+    """Jittered renders of ``scenes``: the reference distribution CMMD compares generated images with."""
+    return [world.render(scene, seed + i) for i, scene in enumerate(scenes)]
+
+
+def reference_cmmd(cfg, scenes: list | None = None) -> float:
+    """CMMD between two sets of renders of the same scenes with different jitter: the floor a perfect model reaches."""
+    from .metrics import cmmd, load_scorer
+
+    scenes = scenes or world.eval_scenes()
+    processor, scorer = load_scorer(cfg, device="cpu")
+    return cmmd(processor, scorer, true_renders(scenes, seed=20_000), true_renders(scenes))
+
+
+def compare_phrasings(cfg, teacher, students: dict, guidance_scales=None, scenes: list | None = None):
+    """Attribute accuracy of the teacher's English beside each student's Korean, per guidance, as a table.
+
+    ``teacher`` is the SD pipeline, ``students`` maps a name to a Korean pipeline. Rows: ``teacher, en``
+    then, per student, ``<name>, ko`` (the pairs' phrasing, ``world.canonical_ko``) and ``<name>, ko
+    held-out phrasing`` (``world.held_out_prompts``), each on ``all scenes`` and on the ``held-out
+    combinations``. Columns: ``(guidance, colour/shape/position/mean/CMMD)``, CMMD on all scenes only. ``guidance_scales`` defaults to
+    the profile's and 7.5 (diffusers' default, which people bring from SD).
+    """
+    import pandas as pd
+
+    guidance_scales = guidance_scales or (cfg.guidance_scale, 7.5)
+    labels = [("teacher", "en", "teacher, en")] + [(name, lang, f"{name}, {'ko' if lang == 'ko' else 'ko held-out phrasing'}")
+                                                   for name in students for lang in ("ko", "ko_phrasing")]
+    columns = {}
+    for guidance in guidance_scales:
+        drawn = {**evaluate(cfg, {"teacher": teacher}, scenes, ("en",), guidance),
+                 **evaluate(cfg, students, scenes, ("ko", "ko_phrasing"), guidance)}
+        rows = {(label, subset): drawn[f"{name}_{lang}{suffix}"] for name, lang, label in labels
+                for subset, suffix in (("all scenes", ""), ("held-out combinations", "_held_out"))}
+        frame = pd.DataFrame(rows).T
+        frame["mean"] = frame.mean(axis=1)
+        frame["CMMD"] = [drawn[f"{name}_{lang}_cmmd"] if subset == "all scenes" else float("nan")
+                         for name, lang, _ in labels for subset in ("all scenes", "held-out combinations")]
+        columns[guidance] = frame
+    return pd.concat(columns, axis=1, names=["guidance", "attribute"])
 
 
 def evaluate_course(cfg, scenes: list | None = None) -> dict:

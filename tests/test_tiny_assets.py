@@ -1,4 +1,4 @@
-"""The tiny profile's models: the committed toy-world SD and scorer, the student built offline."""
+"""The tiny profile's models: the committed toy-world SD, scorer and pretrained student; the blank student built offline."""
 
 import hashlib
 import json
@@ -30,8 +30,8 @@ def test_rebuild_is_bit_identical_and_offline(built, tmp_path, no_network):
 
 def test_resolve_builds_into_the_cache_and_leaves_hub_ids_alone(monkeypatch, tmp_path, no_network):
     monkeypatch.setenv("KDSD_CACHE", str(tmp_path))
-    folder = Path(tiny.resolve("tiny/roberta-small"))
-    assert folder.is_dir() and (folder / "config.json").exists()
+    folder = Path(tiny.resolve("tiny/roberta-small-blank"))
+    assert folder.is_dir() and (folder / "config.json").exists() and folder.parent.parent == tmp_path
     assert tiny.resolve("klue/roberta-small") == "klue/roberta-small"
     with pytest.raises(ValueError, match="unknown tiny model"):
         tiny.resolve("tiny/gpt")
@@ -59,20 +59,37 @@ def test_clip_tokenizer_falls_back_to_bytes_for_korean():
 def test_student_tokenizer_is_laid_out_like_klue(built):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(built / "roberta-small"))
+    from kdutils import world
+
+    tok = AutoTokenizer.from_pretrained(str(built / "roberta-small-blank"))
+    pretrained = AutoTokenizer.from_pretrained(tiny.resolve("tiny/roberta-small"))
+    assert tok.get_vocab() == pretrained.get_vocab()  # the blank student differs only in its weights
     assert (tok.cls_token_id, tok.pad_token_id, tok.sep_token_id) == (0, 1, 2)
     assert tok.model_max_length == 77
     pieces = tok.tokenize("고양이가 잔디밭에서 잔다")
     assert "고양이" in pieces and tok.unk_token not in pieces
-    for word in ("빨간", "동그라미", "왼쪽", "삼각형", "가운데"):  # the toy world's words are whole pieces
+    for word in ("빨간", "동그라미", "왼쪽", "삼각형", "가운데") + world.HELD_FORMS:  # learned from the Korean corpus
         assert tok.tokenize(word) == [word]
+
+
+def test_pretraining_runs_and_saves_a_loadable_encoder(tmp_path, no_network):
+    from transformers import AutoModel, AutoTokenizer
+
+    from kdutils import toymodels
+
+    report = toymodels.pretrain_student(tmp_path / "student", toymodels.PretrainRecipe.quick(), progress=False)
+    assert report["corpus_sentences"] > 300 and report["mlm_loss_last_100"] > 0
+    model = AutoModel.from_pretrained(str(tmp_path / "student"))
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "student"))
+    assert type(model).__name__ == "RobertaModel" and model.config.hidden_size == tiny.HIDDEN
+    assert (tmp_path / "student" / "DONE").exists() and (tok.cls_token_id, tok.pad_token_id) == (0, 1)
 
 
 def test_teacher_width_matches_unet_and_student(built):
     sd = Path(tiny.resolve("tiny/stable-diffusion"))
     config = json.loads((sd / "text_encoder" / "config.json").read_text())
     unet = json.loads((sd / "unet" / "config.json").read_text())
-    student = json.loads((built / "roberta-small" / "config.json").read_text())
+    student = json.loads((built / "roberta-small-blank" / "config.json").read_text())
     assert config["hidden_size"] == unet["cross_attention_dim"] == student["hidden_size"]
     assert config["max_position_embeddings"] == 77
 
@@ -84,8 +101,9 @@ from transformers import AutoModel, AutoTokenizer, CLIPModel, CLIPProcessor
 root, trained = sys.argv[1], sys.argv[2]
 pipe = StableDiffusionPipeline.from_pretrained(trained + "/stable-diffusion")
 image = pipe("a red apple", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np").images
-student = AutoModel.from_pretrained(root + "/roberta-small")
-tok = AutoTokenizer.from_pretrained(root + "/roberta-small")
+student = AutoModel.from_pretrained(trained + "/roberta-small")
+tok = AutoTokenizer.from_pretrained(trained + "/roberta-small")
+blank = AutoModel.from_pretrained(root + "/roberta-small-blank")
 out = student(**tok(["빨간 사과"], return_tensors="pt")).last_hidden_state
 scorer = CLIPModel.from_pretrained(trained + "/clip-scorer")
 CLIPProcessor.from_pretrained(trained + "/clip-scorer")

@@ -237,3 +237,74 @@ def test_the_measured_scenes_are_every_held_out_combination_and_as_many_seen_one
     assert len(scenes) == 48 and len(set(scenes)) == 48 and len(held) == 24
     assert {s.triple for s in held} == set(world.HELD_OUT)
     assert scenes == world.eval_scenes()  # the same scenes in every run and notebook
+
+
+# ------------------------------------------------------------------ held-out phrasings and the Korean corpus
+@pytest.fixture(scope="module")
+def every_pair():
+    """Every pair the tiny profile trains, validates and tests on, both sides: the world's and the bundled ones."""
+    from kdutils import data
+
+    rows = data.read_toyworld() + data.read_bundled()
+    assert {r["split"] for r in rows} == {"train", "val", "test"}
+    return [(r["ko"], r["en"]) for r in rows]
+
+
+@pytest.fixture(scope="module")
+def corpus_sentences():
+    from kdutils.tiny import korean_corpus
+
+    return {sentence for line in korean_corpus() for sentence in line.split(". ")}
+
+
+def held_template_sentences(template):
+    return set().union(*(world.every_held_out_phrasing(scene, template) for scene in world.all_scenes()))
+
+
+def test_held_out_forms_appear_in_no_pair_but_in_the_corpus(every_pair):
+    from kdutils.tiny import korean_corpus
+
+    corpus = "\n".join(korean_corpus())
+    assert len(world.HELD_FORMS) >= 15
+    for form in world.HELD_FORMS:
+        hits = [pair for pair in every_pair if form in pair[0] or form in pair[1]]
+        assert not hits, (form, hits[:3])  # not even inside another word, in any split, on either side
+        assert corpus.count(form) >= 100, form
+    for table in (world.KO_COLOUR_HELD, world.KO_SHAPE_HELD, world.KO_WHERE_HELD, world.KO_SIZE_HELD):
+        values = [value for value, forms in table.items() if forms]
+        assert len(values) >= len(table) - 1  # every value has one, but purple (its other word is in a bundled pair)
+
+
+def test_held_out_templates_make_no_pair_but_corpus_sentences(every_pair, corpus_sentences):
+    korean = {ko for ko, _ in every_pair}
+    for template in world.KO_HELD_TEMPLATES:
+        sentences = held_template_sentences(template)
+        assert not sentences & korean, (template, sorted(sentences & korean)[:3])
+        assert len(sentences & corpus_sentences) >= 50, template
+    for template in world.KO_TEMPLATES:  # the pairs' own templates are in the corpus too
+        assert len(held_template_sentences(template) & corpus_sentences) >= 50, template
+
+
+def test_held_out_prompts_are_fixed_and_untaught(every_pair):
+    prompts = world.held_out_prompts()
+    scenes = world.eval_scenes()
+    assert prompts == world.held_out_prompts() and len(prompts) == len(scenes) == 48
+    korean = {ko for ko, _ in every_pair}
+    held_forms = 0
+    for prompt, scene in zip(prompts, scenes):
+        assert prompt not in korean
+        assert any(prompt in world.every_held_out_phrasing(scene, t) for t in world.KO_HELD_TEMPLATES), prompt
+        held_forms += any(form in prompt for form in world.HELD_FORMS)
+    assert held_forms >= len(prompts) // 2  # most also use a held-out word form
+    assert len({p for p in prompts}) == len(prompts)
+
+
+def test_the_korean_corpus_is_korean_about_seen_scenes_and_fixed():
+    from kdutils.tiny import korean_corpus
+
+    lines = world.korean_sentences(500, seed=2)
+    assert lines == world.korean_sentences(500, seed=2) and lines != world.korean_sentences(500, seed=3)
+    assert not any(re.search(r"[A-Za-z]", line) for line in lines)
+    assert all(re.search(r"[가-힣]", line) for line in korean_corpus())  # the bundled Korean side mixes in some English
+    assert sum(". " in line for line in lines) > 150  # many lines say the same thing twice, in other words
+    assert any("빨간원" in line or "있는그림" in line for line in lines)  # spacing variants
