@@ -430,7 +430,7 @@ class PretrainRecipe:
     """Masked-language-model pretraining of the toy world's ``klue/roberta-small``; ``quick()`` is for tests."""
 
     sentences: int = 40_000  # generated lines about the world, before the bundled corpus's Korean
-    steps: int = 4000
+    steps: int = 10_000
     batch: int = 128
     lr: float = 2e-3
     mask_rate: float = 0.15  # BERT's: of these, 80% become [MASK], 10% a random token, 10% stay
@@ -537,6 +537,7 @@ def generate_for(pipe, prompts: list[str], cfg, seed: int = 0, guidance_scale: f
 PROMPTS = {  # how each scene is asked for, by ``evaluate``'s language key
     "en": lambda scenes: [world.canonical_en(s) for s in scenes],
     "ko": lambda scenes: [world.canonical_ko(s) for s in scenes],  # the pairs' template phrasing
+    "ko_forms": lambda scenes: world.held_form_prompts(scenes),  # the pairs' sentences with words no pair uses
     "ko_phrasing": lambda scenes: world.held_out_prompts(scenes),  # phrasings no pair uses
 }
 
@@ -590,24 +591,30 @@ def reference_cmmd(cfg, scenes: list | None = None) -> float:
     return cmmd(processor, scorer, true_renders(scenes, seed=20_000), true_renders(scenes))
 
 
-def compare_phrasings(cfg, teacher, students: dict, guidance_scales=None, scenes: list | None = None):
+PHRASING_LABELS = {"ko": "ko", "ko_forms": "ko held-out words", "ko_phrasing": "ko held-out phrasing"}
+
+
+def compare_phrasings(cfg, teacher, students: dict, guidance_scales=None, scenes: list | None = None,
+                      phrasings=("ko", "ko_forms", "ko_phrasing")):
     """Attribute accuracy of the teacher's English beside each student's Korean, per guidance, as a table.
 
     ``teacher`` is the SD pipeline, ``students`` maps a name to a Korean pipeline. Rows: ``teacher, en``
-    then, per student, ``<name>, ko`` (the pairs' phrasing, ``world.canonical_ko``) and ``<name>, ko
-    held-out phrasing`` (``world.held_out_prompts``), each on ``all scenes`` and on the ``held-out
-    combinations``. Columns: ``(guidance, colour/shape/position/mean/CMMD)``, CMMD on all scenes only. ``guidance_scales`` defaults to
-    the profile's and 7.5 (diffusers' default, which people bring from SD).
+    then, per student and phrasing, ``<name>, <label>``: ``ko`` (the pairs' phrasing, ``world.canonical_ko``),
+    ``ko held-out words`` (the pairs' sentences with word forms no pair uses, ``world.held_form_prompts``) and
+    ``ko held-out phrasing`` (endings, particles, orders and spacing no pair uses, ``world.held_out_prompts``),
+    each on ``all scenes`` and on the ``held-out combinations``. Columns: ``(guidance,
+    colour/shape/position/mean/CMMD)``, CMMD on all scenes only. ``guidance_scales`` defaults to the profile's
+    and 7.5 (diffusers' default, which people bring from SD).
     """
     import pandas as pd
 
     guidance_scales = guidance_scales or (cfg.guidance_scale, 7.5)
-    labels = [("teacher", "en", "teacher, en")] + [(name, lang, f"{name}, {'ko' if lang == 'ko' else 'ko held-out phrasing'}")
-                                                   for name in students for lang in ("ko", "ko_phrasing")]
+    labels = [("teacher", "en", "teacher, en")] + [(name, lang, f"{name}, {PHRASING_LABELS[lang]}")
+                                                   for name in students for lang in phrasings]
     columns = {}
     for guidance in guidance_scales:
         drawn = {**evaluate(cfg, {"teacher": teacher}, scenes, ("en",), guidance),
-                 **evaluate(cfg, students, scenes, ("ko", "ko_phrasing"), guidance)}
+                 **evaluate(cfg, students, scenes, phrasings, guidance)}
         rows = {(label, subset): drawn[f"{name}_{lang}{suffix}"] for name, lang, label in labels
                 for subset, suffix in (("all scenes", ""), ("held-out combinations", "_held_out"))}
         frame = pd.DataFrame(rows).T
