@@ -37,7 +37,7 @@ def _profile_value(name: str):
 
 
 # field type -> metavar
-_METAVARS = {int: "N", float: "X", str: "TEXT", int | None: "N|none", str | None: "TEXT|none"}
+_METAVARS = {bool: "yes|no", int: "N", float: "X", str: "TEXT", int | None: "N|none", str | None: "TEXT|none"}
 _CHOICES = {"mixed_precision": PRECISIONS, "student_padding": PADDINGS}
 
 

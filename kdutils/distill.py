@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from .files import folder_lock, is_leftover, read_json, recover, staging, swap_in, write_json, write_text
 from .models import EXPERIMENTS, load_student, load_teacher, student_env_var, trained_student_source
 from .metrics import masked_mean, retrieval_accuracy
+from .tiny import model_label
 
 TARGETS = {"clip": "sequence", "roberta": "sequence", "roberta_pooler": "pooled"}
 
@@ -341,16 +342,19 @@ def teacher_dtype(device, precision: str = "no") -> torch.dtype:
     return torch.float32
 
 
-def make_optimizer(student, target: str, lr: float, weight_decay: float, device):
+def make_optimizer(student, target: str, lr: float, weight_decay: float, device, freeze_words: bool = False):
     """AdamW for the student, no decay on biases and LayerNorm weights.
 
     Fused (one kernel for all parameters) on CUDA and CPU: on a 2-core CPU its
     step for the 123M-parameter CLIP student took 0.07 s instead of 0.44 s.
     For ``sequence`` targets RoBERTa's pooler is frozen: it is not in the loss,
     and data-parallel training would wait for its gradients forever.
+    ``freeze_words`` freezes the word embeddings (``Profile.freeze_word_embeddings``).
     """
     if target == "sequence" and getattr(student, "pooler", None) is not None:
         student.pooler.requires_grad_(False)
+    if freeze_words:
+        student.get_input_embeddings().requires_grad_(False)
     return torch.optim.AdamW(_param_groups(student, weight_decay), lr=lr,
                              fused=torch.device(device).type in ("cuda", "cpu"))
 
@@ -766,7 +770,8 @@ def setup_run(cfg, experiment: str, splits, *, models: tuple | None = None, val:
     world = accelerator.num_processes
     steps_per_epoch = math.ceil(len(train) // world / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.num_epochs
-    optimizer = make_optimizer(student, target, cfg.lr, cfg.weight_decay, device)
+    optimizer = make_optimizer(student, target, cfg.lr, cfg.weight_decay, device,
+                               freeze_words=cfg.freeze_word_embeddings and experiment in FREEZABLE)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     student, optimizer = accelerator.prepare(student, optimizer)
     # Accelerate wraps the student's forward in autocast, and that wrapper would stay on the caller's model.
@@ -774,7 +779,7 @@ def setup_run(cfg, experiment: str, splits, *, models: tuple | None = None, val:
     # handed back run in fp32 whatever the training precision.
     raw_student = accelerator.unwrap_model(student, keep_fp32_wrapper=False)
     meta = {"profile": cfg.name, "experiment": experiment, "target": target, "teacher": cfg.sd_id,
-            "student": cfg.sd_id if experiment == "clip" else cfg.student_id,
+            "student": cfg.sd_id if experiment == "clip" else model_label(cfg.student_id),
             "data_fingerprint": fingerprint(splits), "total_steps": total_steps,
             "num_processes": world, "train_pairs": len(train), "mixed_precision": precision,
             "teacher_dtype": str(teacher_dtype(device, precision)).removeprefix("torch."), "seed": cfg.seed,
@@ -959,12 +964,14 @@ def resume_state(run: Run) -> TrainState:
 
 # the Profile values a run records (in kdsd_meta.json and metrics.json) besides its meta
 TRAINING_SETTINGS = ("lr", "batch_size", "num_epochs", "weight_decay", "warmup_ratio", "grad_clip",
-                     "empty_prompt_weight", "max_length", "eval_every")
+                     "empty_prompt_weight", "max_length", "eval_every", "freeze_word_embeddings")
+# the experiments whose student already knows Korean words, so that freezing its word embeddings keeps them
+FREEZABLE = ("roberta", "roberta_pooler")
 # what a resumed run must share with the run it continues: the data, the model, the order of the pairs, the
 # optimisation; anything else would splice two different runs into one history
 RESUME_MUST_MATCH = ("experiment", "teacher", "student", "data_fingerprint", "seed", "student_padding",
                      "num_processes", "lr", "batch_size", "num_epochs", "weight_decay", "warmup_ratio", "grad_clip",
-                     "empty_prompt_weight", "max_length")
+                     "empty_prompt_weight", "max_length", "freeze_word_embeddings")
 # what may change on resume: how often it evaluates, and the precision of this machine (weights stay fp32)
 RESUME_APPLIED = ("eval_every", "mixed_precision")
 
@@ -1068,6 +1075,9 @@ def outdated(cfg, metrics: dict, splits) -> list[str]:
         why.append(f"from teacher {metrics.get('teacher')!r}, not {cfg.sd_id!r}")
     if metrics.get("data_fingerprint") != fingerprint(splits):
         why.append("on other pairs than this profile's splits")
+    student = model_label(cfg.student_id)
+    if metrics.get("experiment") not in (None, "clip") and metrics.get("student") not in (None, student):
+        why.append(f"from student {metrics.get('student')!r}, not {student!r}")
     # runs from before the meta recorded padding are caught by their pairs (the [PAD] students trained on world v1)
     padding = metrics.get("student_padding")
     if metrics.get("experiment") != "clip" and padding is not None and padding != cfg.student_padding:

@@ -77,6 +77,11 @@ class Profile:
     # and can say a different word; "pad" is the study's [PAD], which RoBERTa gives one shared position id, so
     # all padding outputs of a sentence are the same vector (notebook 02 shows why that matters)
     student_padding: str = "mask"
+    # freeze the Korean students' word embeddings while distilling (experiments 2 and 3). The study trains every
+    # weight at lr 5e-5, which moves klue's embeddings little. tiny trains at 3e-3 so the toy learns in a minute;
+    # at that rate the embeddings of the words in the pairs drift away from the words pretraining put beside
+    # them (빨강 beside 빨간색, 좌측 beside 왼쪽), and a word the pairs never use is lost (notebook 04 measures it)
+    freeze_word_embeddings: bool = False
     # sampling
     image_size: int = 512
     num_inference_steps: int = 50
@@ -201,6 +206,7 @@ PROFILES: dict[str, Profile] = {
         # fp32 on every machine: the notebooks assert toy-world numbers measured in fp32, and "auto" would
         # switch to bf16 on CPUs with bf16 units (and to other precisions on GPUs)
         mixed_precision="no",
+        freeze_word_embeddings=True,
     ),
 }
 
@@ -285,6 +291,14 @@ def check_value(name: str, value: Any) -> Any:
     expands ``~`` and must be a folder that can be written or created.
     """
     kind = typing.get_type_hints(Profile)[name]
+    if kind is bool:  # switches: True/False, or from the environment 1/0, true/false, yes/no, on/off
+        if isinstance(value, bool):
+            return value
+        words = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+        if isinstance(value, str) and value.strip().lower() in words:
+            return words[value.strip().lower()]
+        raise ValueError(f"{name} must be True or False (in the environment 1/0, true/false, yes/no or on/off), "
+                         f"got {value!r}")
     optional = type(None) in typing.get_args(kind)
     base = next(t for t in (int, float, str) if t is kind or t in typing.get_args(kind))
     test, what = _RANGES.get(name, (lambda v: True, "text"))

@@ -13,7 +13,7 @@ from kdutils.models import EXPERIMENTS
 from kdutils.profiles import PROFILES, Profile, get_profile
 
 # a value of each field type as typed on the command line, and what it must become
-SAMPLES = {int: ("8", 8), float: ("0.25", 0.25), str: ("cpu", "cpu"),
+SAMPLES = {bool: ("no", False), int: ("8", 8), float: ("0.25", 0.25), str: ("cpu", "cpu"),
            int | None: ("none", None), str | None: ("none", None)}
 
 

@@ -506,3 +506,23 @@ def test_damaged_checkpoint_files_are_named_with_what_to_do(quick, finished, tmp
     monkeypatch.setenv("KDSD_STUDENT_ROBERTA", str(out / "best"))
     with pytest.raises(ValueError, match=rf"{best_meta} is empty; copy the folder again"):
         D.ensure_trained(cfg, "roberta")
+
+
+def test_frozen_word_embeddings_stay_and_the_rest_learns(cfg, small_splits):
+    from transformers import AutoModel
+
+    from kdutils.models import load_student
+
+    start = load_student(cfg, "roberta", 64)[1]
+    for freeze in (True, False):
+        run = cfg.replace(freeze_word_embeddings=freeze)
+        out = Path(cfg.output_dir) / f"freeze-{freeze}"
+        D.distill(run, "roberta", small_splits, output_dir=out, stop_after=3, progress=False)
+        trained = AutoModel.from_pretrained(str(out / "last"))
+        words = torch.equal(trained.embeddings.word_embeddings.weight, start.embeddings.word_embeddings.weight)
+        assert words is freeze, f"freeze_word_embeddings={freeze}"
+        assert not torch.equal(trained.encoder.layer[0].attention.self.query.weight,
+                               start.encoder.layer[0].attention.self.query.weight)
+        assert json.loads((out / "last" / "kdsd_meta.json").read_text())["freeze_word_embeddings"] is freeze
+    # experiment 1's student is the teacher's own CLIP, which knows no Korean words: the switch leaves it alone
+    assert "clip" not in D.FREEZABLE and {"roberta", "roberta_pooler"} == set(D.FREEZABLE)

@@ -154,3 +154,15 @@ def test_class_without_a_gpu_stops_with_a_reason_unless_the_cpu_is_asked_for(mon
     assert (cfg.name, cfg.torch_device) == ("class", "cpu"), "asked for on purpose: it works as asked"
     monkeypatch.setattr(kdutils.profiles, "auto_device", lambda: "mps")
     assert kdutils.setup("class", quiet=True, output_dir=str(tmp_path / "mac")).torch_device == "mps"
+
+
+def test_switches_take_yes_and_no_and_refuse_anything_else(monkeypatch):
+    monkeypatch.setenv("KDSD_FREEZE_WORD_EMBEDDINGS", "off")
+    assert get_profile("tiny").freeze_word_embeddings is False
+    monkeypatch.setenv("KDSD_FREEZE_WORD_EMBEDDINGS", "Yes")
+    assert get_profile("paper").freeze_word_embeddings is True
+    monkeypatch.delenv("KDSD_FREEZE_WORD_EMBEDDINGS")
+    assert (get_profile("tiny").freeze_word_embeddings, get_profile("paper").freeze_word_embeddings) == (True, False)
+    for bad in ("maybe", 1, 0.0, None):
+        with pytest.raises(ValueError, match="freeze_word_embeddings must be True or False"):
+            get_profile("tiny", freeze_word_embeddings=bad)

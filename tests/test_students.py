@@ -184,3 +184,15 @@ def test_a_student_from_an_older_course_or_other_settings_is_used_with_a_warning
     assert D.outdated(cfg, {**current, "data_fingerprint": "x"}, splits) == ["on other pairs than this profile's splits"]
     unrecorded = {key: value for key, value in current.items() if key != "student_padding"}
     assert D.outdated(cfg, unrecorded, splits) == [], "a run that did not record its padding is not accused of [PAD]"
+
+
+def test_a_run_from_an_older_toy_student_is_outdated(cfg):
+    from kdutils.tiny import ASSETS_VERSION
+
+    splits = kd.data.prepare_splits(cfg)
+    current = {"experiment": "roberta", "teacher": cfg.sd_id, "data_fingerprint": kd.data.fingerprint(splits),
+               "student": f"tiny/roberta-small@{ASSETS_VERSION}"}
+    assert D.outdated(cfg, current, splits) == []
+    older = {**current, "student": "tiny/roberta-small"}  # recorded before the toy student had a version
+    assert D.outdated(cfg, older, splits) == [f"from student 'tiny/roberta-small', not 'tiny/roberta-small@{ASSETS_VERSION}'"]
+    assert D.outdated(cfg, {**older, "experiment": "clip"}, splits) == []  # experiment 1 starts from the teacher
