@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .files import folder_lock, read_json, staging, swap_in
+from .sizing import PARAMS
 from .tiny import resolve
 
 SCHEDULERS = {
@@ -76,9 +77,10 @@ def _memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-# SD v1.4's parameter counts (diffusers' configs for CompVis/stable-diffusion-v1-4): UNet, VAE, the CLIP
-# ViT-L/14 text encoder, and the safety checker (a CLIP ViT-L/14 vision tower with its projection)
-SD14_PARAMETERS = {"unet": 859.52e6, "vae": 83.65e6, "text_encoder": 123.06e6, "safety_checker": 304.0e6}
+# SD v1.4's parameter counts: UNet, VAE, the CLIP ViT-L/14 text encoder and the safety checker, as
+# kdutils.sizing counted them on full-size configurations (one table for the sizing and this estimate)
+SD14_PARAMETERS = {"unet": PARAMS["unet"], "vae": PARAMS["vae"], "text_encoder": PARAMS["clip_text"],
+                   "safety_checker": PARAMS["safety_checker"]}
 SD14_HEADS = 8  # attention heads in every UNet attention block of SD v1.x
 CUDA_FREE_FRACTION = 0.85  # of a card's memory, what sampling may plan to use: the CUDA context and fragmentation take the rest
 
