@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from . import world
+from .files import staging, swap_in
 from .tiny import HIDDEN, MAX_LENGTH, TRAINED_DIR, build_clip_tokenizer, text_config
 
 ASSETS = TRAINED_DIR
@@ -471,9 +472,8 @@ def pretrain_student(output: str | Path = ASSETS / "roberta-small", recipe: Pret
     torch.set_num_threads(recipe.threads)
     try:
         corpus = korean_corpus(recipe.sentences, recipe.seed)
-        shutil.rmtree(output, ignore_errors=True)
-        output.mkdir(parents=True)
-        tokenizer = build_student_tokenizer(output, corpus)
+        final, output = output, staging(output)  # written beside it, swapped in when complete: an interrupted run
+        tokenizer = build_student_tokenizer(output, corpus)  # leaves the student that was there
         encoded = tokenizer(corpus, truncation=True, max_length=MAX_LENGTH)["input_ids"]
         torch.manual_seed(recipe.seed + 4)
         model = RobertaForMaskedLM(student_config(tokenizer)).train()
@@ -512,6 +512,7 @@ def pretrain_student(output: str | Path = ASSETS / "roberta-small", recipe: Pret
                   "seconds": round(time.perf_counter() - started, 1)}
         (output / "pretraining.json").write_text(json.dumps(report, indent=2) + "\n")
         (output / "DONE").write_text("toy world\n")
+        swap_in(final)
         return report
     finally:
         torch.set_num_threads(threads)

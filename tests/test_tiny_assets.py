@@ -104,6 +104,23 @@ def test_pretraining_runs_and_saves_a_loadable_encoder(tmp_path, no_network):
     assert (tmp_path / "student" / "DONE").exists() and (tok.cls_token_id, tok.pad_token_id) == (0, 1)
 
 
+def test_an_interrupted_pretraining_leaves_the_student_that_was_there(tmp_path, monkeypatch, no_network):
+    from kdutils import toymodels
+
+    student = tmp_path / "student"
+    student.mkdir()
+    (student / "model.safetensors").write_text("the committed student")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(toymodels, "mask_tokens", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        toymodels.pretrain_student(student, toymodels.PretrainRecipe.quick(), progress=False)
+    assert [p.name for p in student.iterdir()] == ["model.safetensors"]
+    assert (student / "model.safetensors").read_text() == "the committed student"
+
+
 def test_teacher_width_matches_unet_and_student(built):
     sd = Path(tiny.resolve("tiny/stable-diffusion"))
     config = json.loads((sd / "text_encoder" / "config.json").read_text())
