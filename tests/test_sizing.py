@@ -139,7 +139,7 @@ def test_the_readme_tables_come_from_the_derivation(cfg):
         want = [f"{round(fast[n])}" if round(fast[n]) == round(slow[n]) else f"{round(fast[n])}–{round(slow[n])}"
                 for n in sorted(fast)]
         assert row == want, (gpu, row, want)
-    names = {"00": "00", "02": "02", "03 학습": "03", "03 손으로 쓴 한 단계": "03 hand step", "04": "04", "05": "05",
+    names = {"00": "00", "02": "02", "03 학습": "03", "03 직접 구현한 한 단계": "03 hand step", "04": "04", "05": "05",
              "06": "06", "07": "07", "08, 09": "08"}
     memory = {names[row[0]]: float(row[-1]) for row in cells if len(row) == 8 and row[0] in names}
     table = sizing.memory_table(cfg)
