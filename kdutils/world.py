@@ -643,6 +643,34 @@ def _nearest(value: float, table: dict[str, float], period: float) -> str:
     return min(table, key=distance)
 
 
+def _foreground(image):
+    """(pixels, distance to the background, peak, blob): the reader's first half; blob is None without a clear shape."""
+    from scipy import ndimage
+
+    pixels = _to_array(image)
+    edge = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    background = np.median(edge, axis=0)
+    distance = np.sqrt(((pixels - background) ** 2).sum(-1))
+    distance = np.clip(distance - np.median(distance), 0, None)  # remove the noise level; most pixels are background
+    smooth = ndimage.uniform_filter(distance, size=3)
+    peak = float(smooth.max())
+    if peak < MIN_CONTRAST:
+        return pixels, distance, peak, None
+    labels, count = ndimage.label(smooth > 0.5 * peak)
+    largest = 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+    blob = ndimage.binary_fill_holes(labels == largest)
+    if int(blob.sum()) < MIN_AREA:
+        return pixels, distance, peak, None
+    return pixels, distance, peak, blob
+
+
+def shape_mask(image) -> np.ndarray:
+    """Where the shape is: a 64x64 boolean mask of the pixels ``read_attributes`` takes as the shape (all False
+    when it finds none)."""
+    blob = _foreground(image)[3]
+    return np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=bool) if blob is None else blob
+
+
 def read_attributes(image) -> dict:
     """Read colour, shape, position and size back from a picture, from pixels alone.
 
@@ -654,21 +682,11 @@ def read_attributes(image) -> dict:
     """
     from scipy import ndimage
 
-    pixels = _to_array(image)
-    edge = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    background = np.median(edge, axis=0)
-    distance = np.sqrt(((pixels - background) ** 2).sum(-1))
-    distance = np.clip(distance - np.median(distance), 0, None)  # remove the noise level; most pixels are background
-    smooth = ndimage.uniform_filter(distance, size=3)
-    peak = float(smooth.max())
-    if peak < MIN_CONTRAST:
+    pixels, distance, peak, blob = _foreground(image)
+    if blob is None:
         return _nothing()
-    labels, count = ndimage.label(smooth > 0.5 * peak)
-    largest = 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
-    blob = ndimage.binary_fill_holes(labels == largest)
     area = int(blob.sum())
-    if area < MIN_AREA:
-        return _nothing()
+    count = int(ndimage.label(ndimage.uniform_filter(distance, size=3) > 0.5 * peak)[1])
 
     ys, xs = np.nonzero(blob)
     x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1

@@ -103,6 +103,18 @@ def test_reader_survives_blur_noise_and_jpeg(degradation, floor):
         assert accuracy[name] >= minimum, (degradation, accuracy)
 
 
+def test_shape_mask_covers_the_shape_where_it_was_drawn():
+    for scene in (Scene("circle", "red", "left", "large"), Scene("square", "blue", "top", "small")):
+        mask = world.shape_mask(world.render(scene))
+        ys, xs = np.nonzero(mask)
+        assert mask.shape == (world.IMAGE_SIZE, world.IMAGE_SIZE) and mask.dtype == bool
+        cx, cy = world.ANCHORS[scene.position]
+        assert abs(xs.mean() + 0.5 - cx) < 3 and abs(ys.mean() + 0.5 - cy) < 3
+        side = world.EXTENTS[scene.size]
+        assert 0.5 * side**2 < mask.sum() < 1.2 * side**2
+    assert not world.shape_mask(Image.new("RGB", (64, 64), (200, 200, 200))).any()
+
+
 def test_reader_on_blank_noisy_and_odd_inputs():
     blank = Image.new("RGB", (64, 64), (236, 236, 236))
     for image in (blank, world.degrade(blank, 0, noise=20), np.zeros((64, 64, 3)), Image.new("RGB", (512, 512), "white")):
