@@ -88,6 +88,9 @@ class Profile:
     guidance_scale: float = 7.5
     sample_batch_size: int = 4
     num_eval_prompts: int | None = None
+    # notebook 10 trains a toy-world UNet from scratch for this many steps (batch 16): always the toy world, sized so
+    # tiny runs in about a minute on a laptop CPU and class/paper get close to the committed build on a GPU
+    toy_unet_steps: int = 3000
     # run
     seed: int = 0
     device: str = "auto"
@@ -203,6 +206,7 @@ PROFILES: dict[str, Profile] = {
         guidance_scale=2.5,
         sample_batch_size=16,
         num_eval_prompts=24,
+        toy_unet_steps=500,
         # fp32 on every machine: the notebooks assert toy-world numbers measured in fp32, and "auto" would
         # switch to bf16 on CPUs with bf16 units (and to other precisions on GPUs)
         mixed_precision="no",
@@ -277,6 +281,7 @@ _RANGES: dict[str, tuple] = {
     "guidance_scale": (_at_least(0), "a number >= 0"),
     "sample_batch_size": (_at_least(1), "a whole number >= 1"),
     "num_eval_prompts": (_at_least(1), "a whole number >= 1, or none for every prompt"),
+    "toy_unet_steps": (_at_least(2), "a whole number of steps >= 2"),
     "seed": (lambda v: 0 <= v < 2 ** 32, "a whole number from 0 to 2**32 - 1"),
     "device": (lambda v: not _device_problem(v), "'auto' or a torch device such as 'cpu', 'cuda', 'cuda:1', 'mps'"),
     "mixed_precision": (lambda v: v in PRECISIONS, f"one of {PRECISIONS}"),

@@ -262,6 +262,21 @@ def sd_pndm_scheduler():
     return scheduler
 
 
+def drop_captions(context: torch.Tensor, empty: torch.Tensor, generator, rate: float = EMPTY_CAPTION_RATE) -> torch.Tensor:
+    """``context`` with each caption's hidden states replaced by the empty prompt's with probability ``rate``:
+    the UNet learns to draw without text too, which classifier-free guidance needs."""
+    drop = torch.rand(len(context), generator=generator) < rate
+    return torch.where(drop[:, None, None], empty.to(context.dtype), context)
+
+
+def denoising_loss(unet, noise_schedule, latents: torch.Tensor, context: torch.Tensor, noise: torch.Tensor,
+                   timesteps: torch.Tensor) -> torch.Tensor:
+    """SD's training objective: noise ``latents`` to ``timesteps``, predict that noise from the noisy latents and the
+    text's hidden states, and take the mean squared error."""
+    noisy = noise_schedule.add_noise(latents, noise, timesteps)
+    return F.mse_loss(unet(noisy, timesteps, context).sample, noise)
+
+
 def train_unet(vae, encoder, tokenizer, pixels: torch.Tensor, scenes: list, recipe: Recipe, progress: bool = True):
     """A ``UNet2DConditionModel`` trained to predict the noise (epsilon) of SD's schedule.
 
@@ -292,13 +307,10 @@ def train_unet(vae, encoder, tokenizer, pixels: torch.Tensor, scenes: list, reci
         idx = torch.randint(len(pixels), (recipe.unet_batch,), generator=generator)
         latents = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=generator)) * scale
         captions = [world.caption_en(scenes[i], rng) for i in idx.tolist()]
-        context = encode_captions(encoder, tokenizer, captions)
-        drop = torch.rand(len(idx), generator=generator) < EMPTY_CAPTION_RATE
-        context[drop] = empty
+        context = drop_captions(encode_captions(encoder, tokenizer, captions), empty, generator)
         noise = torch.randn(latents.shape, generator=generator)
         t = torch.randint(0, noise_schedule.config.num_train_timesteps, (len(idx),), generator=generator)
-        noisy = noise_schedule.add_noise(latents, noise, t)
-        loss = F.mse_loss(unet(noisy, t, context).sample, noise)
+        loss = denoising_loss(unet, noise_schedule, latents, context, noise, t)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         optimizer.step()
