@@ -142,7 +142,7 @@ def use_drive(profile: str | None = None, folder: str = "kdsd-outputs", *, mount
     """Mount Google Drive on Colab and return an output folder in it: ``kd.setup(output_dir=use_drive())``.
 
     Opt-in: a Colab runtime forgets its disk when it ends, Drive does not, so
-    students trained in 03-05 are still there for 06-09 in the next session.
+    students trained in 03-05 are still there for 07-10 in the next session.
     The folder is ``MyDrive/<folder>/<profile>`` (``profile`` defaults to the
     one ``kd.setup()`` would pick), keeping profiles apart as ``outputs/`` does.
     Colab asks for permission to the Drive the first time.

@@ -46,7 +46,7 @@ def quiet_encoder_swap():
 
     Loading SD with a student logs "Expected types for text_encoder:
     CLIPTextModel, got RobertaModel". The course swaps the encoder on purpose
-    (notebook 06 explains the notice), so its own loads run inside this;
+    (notebook 07 explains the notice), so its own loads run inside this;
     every other message still shows.
     """
     logger = logging.getLogger("diffusers.pipelines.pipeline_utils")

@@ -88,7 +88,7 @@ class Profile:
     guidance_scale: float = 7.5
     sample_batch_size: int = 4
     num_eval_prompts: int | None = None
-    # notebook 10 trains a toy-world UNet from scratch for this many steps (batch 16): always the toy world, sized so
+    # notebook 11 trains a toy-world UNet from scratch for this many steps (batch 16): always the toy world, sized so
     # tiny runs in about a minute on a laptop CPU and class/paper get close to the committed build on a GPU
     toy_unet_steps: int = 3000
     # run

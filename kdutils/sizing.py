@@ -211,35 +211,43 @@ def sampling_unet_calls(cfg) -> dict[str, float]:
     return {
         # two prompts and the same prompt again
         "00": 3 * guided,
-        # CLIP en + ko (4 + 4), by hand and by the library for two samplers (4), student (4), guidance sweep
-        # (4 guided images + 2 unguided), six samplers, two seeds x two samplers (4), the UI (1), the export (4)
-        "06": (4 + 4 + 4 + 4 + 8 + 6 + 4 + 1 + 4) * guided + 2 * s,
+        # CLIP en + ko (4 + 4), by hand and by the library for two samplers (4), six samplers, two seeds x two
+        # samplers (4)
+        "06": (4 + 4 + 4 + 6 + 4) * guided,
+        # CLIP en + ko again (4 + 4), student (4), guidance sweep (4 guided images + 2 unguided), the UI (1), the export (4)
+        "07": (4 + 4 + 4 + 8 + 1 + 4) * guided + 2 * s,
         # 2 teacher + 6 student conditions x the eval prompts, and the repeat check (batch of 2)
-        "07": (8 * p + 2) * guided,
+        "08": (8 * p + 2) * guided,
         # img2img: 10 prompts x strengths 0.2..1.0; then 2+2+2 guided, 2 unguided, 16 + 16 negative-prompt images
-        "08": 10 * round(s * (0.2 + 0.4 + 0.6 + 0.8 + 1.0)) * guided // s + (6 + 32) * guided + 2 * s,
+        "09": 10 * round(s * (0.2 + 0.4 + 0.6 + 0.8 + 1.0)) * guided // s + (6 + 32) * guided + 2 * s,
         # 8 prompts x 6 samples
-        "09": 48 * guided,
+        "10": 48 * guided,
     }
 
 
 def sampled_images(cfg) -> dict[str, int]:
     """Images each sampling notebook decodes with the VAE (the counts of :func:`sampling_unet_calls`)."""
     p = cfg.num_eval_prompts or 16
-    return {"00": 3, "06": 41 + 6, "07": 8 * p + 2, "08": 50 + 40, "09": 48}
+    return {"00": 3, "06": 22 + 6, "07": 27, "08": 8 * p + 2, "09": 50 + 40, "10": 48}
 
 
 SAMPLING_DOWNLOAD = {  # fp32 weights from the hub: diffusers downloads them and casts to fp16
     "00": ("unet", "vae", "clip_text", "safety_checker", "roberta"),
-    "06": ("unet", "vae", "clip_text", "safety_checker", "roberta"),
-    "07": ("unet", "vae", "clip_text", "safety_checker", "roberta", "scorer"),
-    "08": ("unet", "vae", "clip_text", "safety_checker", "roberta"),
-    "09": ("unet", "vae", "clip_text", "safety_checker", "roberta", "scorer"),
+    "06": ("unet", "vae", "clip_text", "safety_checker"),
+    "07": ("unet", "vae", "clip_text", "safety_checker", "roberta"),
+    "08": ("unet", "vae", "clip_text", "safety_checker", "roberta", "scorer"),
+    "09": ("unet", "vae", "clip_text", "safety_checker", "roberta"),
+    "10": ("unet", "vae", "clip_text", "safety_checker", "roberta", "scorer"),
 }
+# 11 trains the toy world's UNet (4.19M parameters, 8 x 8 latents, batch 16) on any profile: on a GPU such a small step is
+# bound by kernel launches, not FLOPs. Assumed, not measured: about 1,000 launches a step (forward, backward, AdamW,
+# EMA) at ~20 us each. The CPU part (render 2,000 scenes, encode them, draw 3 x 48 checks) took 0.5 min on 2 cores.
+TOY_UNET_STEP_S = 0.02
+TOY_CPU_MINUTES = 0.5
 
 
 def sampling_minutes(cfg, notebook: str, gpu: str = SIZING_GPU, mfu: float | None = None) -> dict[str, float]:
-    """Minutes a sampling notebook (00, 06-09) takes in a fresh Colab runtime, the students already trained."""
+    """Minutes a sampling notebook (00, 06-10) takes in a fresh Colab runtime, the students already trained."""
     g = GPUS[gpu]
     mfu = g.mfu[0] if mfu is None else mfu
     half = mfu * g.half_tflops * 1e3
@@ -250,7 +258,7 @@ def sampling_minutes(cfg, notebook: str, gpu: str = SIZING_GPU, mfu: float | Non
         "sample": calls * MEASURED["unet_gflops_per_sample"] / half,
         "decode": sampled_images(cfg)[notebook] * MEASURED["vae_decode_gflops"] / half,
     }
-    if notebook == "06":  # the export writes SD with the student in fp32
+    if notebook == "07":  # the export writes SD with the student in fp32
         parts["export"] = (PARAMS["unet"] + PARAMS["vae"] + PARAMS["roberta"] + PARAMS["safety_checker"]) * 4 / (
             DISK_MB_S * 1e6)
     parts = {k: v / 60 for k, v in parts.items()}
@@ -269,14 +277,22 @@ def data_minutes(cfg) -> dict[str, float]:
 
 
 def course_minutes(cfg, gpu: str = SIZING_GPU, mfu: float | None = None) -> dict[str, float]:
-    """Estimated minutes per notebook 00-09 on ``gpu`` (each in a fresh Colab runtime)."""
+    """Estimated minutes per notebook 00-11 on ``gpu`` (each in a fresh Colab runtime)."""
     out = {"00": sampling_minutes(cfg, "00", gpu, mfu)["total"], "01": data_minutes(cfg)["total"],
            "02": INSTALL_MINUTES + 2 * PARAMS["clip_text"] * 4 / (DOWNLOAD_MB_S * 1e6) / 60 + 0.5}
     for notebook, experiment in (("03", "clip"), ("04", "roberta"), ("05", "roberta_pooler")):
         out[notebook] = distill_minutes(cfg, experiment, gpu, mfu)["total"]
-    for notebook in ("06", "07", "08", "09"):
+    for notebook in ("06", "07", "08", "09", "10"):
         out[notebook] = sampling_minutes(cfg, notebook, gpu, mfu)["total"]
+    out["11"] = toy_sd_minutes(cfg)["total"]
     return out
+
+
+def toy_sd_minutes(cfg) -> dict[str, float]:
+    """11: train the toy UNet for ``cfg.toy_unet_steps`` (the same on every GPU: launch-bound, see TOY_UNET_STEP_S)."""
+    parts = {"install": INSTALL_MINUTES, "train": cfg.toy_unet_steps * TOY_UNET_STEP_S / 60, "cpu": TOY_CPU_MINUTES}
+    parts["total"] = sum(parts.values())
+    return parts
 
 
 def max_pairs(cfg, minutes: float = SIZING_MINUTES, gpu: str = SIZING_GPU, mfu: float | None = None,
@@ -311,9 +327,10 @@ def memory_table(cfg) -> dict[str, dict[str, float]]:
 
     Training (03-05): the measured step at batch 32 (weights, AdamW state, gradients, activations), the
     pre-tokenised ids of every training pair (int64 ids and masks of three tokenisations) and the teacher
-    cache where ``prepare_train`` keeps it on the GPU. Sampling (00, 06-09): SD v1.4 in fp16, the text
+    cache where ``prepare_train`` keeps it on the GPU. Sampling (00, 06-10): SD v1.4 in fp16, the text
     encoder in use, and the larger of the UNet's activations (batch ``2 x sample_batch_size`` with CFG) and
-    the VAE's; 07 and 09 also load the scoring CLIP (fp32). Every row adds the CUDA context.
+    the VAE's; 08 also loads the scoring CLIP (fp32). 11's toy models take well under 1 GiB and are left out.
+    Every row adds the CUDA context.
     """
     sizes = split_sizes(cfg.num_pairs)
     ids = sizes["train"] * 3 * 2 * MAX_LENGTH * 8
@@ -342,11 +359,12 @@ def memory_table(cfg) -> dict[str, dict[str, float]]:
     clip16, roberta16 = _gib(PARAMS["clip_text"] * 2), _gib(PARAMS["roberta"] * 2)
     table["00"] = {"weights": sd + clip16, "sampling activations": max(MEASURED["unet_act_gib_b4"] / 2, vae_act)}
     table["02"] = {"weights": _gib((PARAMS["clip_text"] + PARAMS["roberta"]) * 4)}
-    table["06"] = {"weights": sd + max(clip16, roberta16), "sampling activations": sampling}
-    # 07: SD with the teacher, one student at a time, then the scorer while SD is still loaded
-    table["07"] = {"weights": sd + 2 * clip16 + _gib(PARAMS["scorer"] * 4), "sampling activations": sampling}
-    table["08"] = {"weights": sd + roberta16, "sampling activations": sampling}
+    table["06"] = {"weights": sd + clip16, "sampling activations": sampling}
+    table["07"] = {"weights": sd + max(clip16, roberta16), "sampling activations": sampling}
+    # 08: SD with the teacher, one student at a time, then the scorer while SD is still loaded
+    table["08"] = {"weights": sd + 2 * clip16 + _gib(PARAMS["scorer"] * 4), "sampling activations": sampling}
     table["09"] = {"weights": sd + roberta16, "sampling activations": sampling}
+    table["10"] = {"weights": sd + roberta16, "sampling activations": sampling}
     for row in table.values():
         row["CUDA context"] = CUDA_CONTEXT_GIB
         row["total"] = sum(row.values())
