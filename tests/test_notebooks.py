@@ -58,7 +58,10 @@ def test_follows_the_template(path):
                         'check=True)'], \
         "on Colab install only what the lessons need: no torch (Colab's CUDA build stays), no apt packages"
     assert any("kd.setup(" in c for c, k in zip(cells, kinds) if k == "code")
-    assert "정리" in cells[-1] and "연습문제" in cells[-1]
+    # the lesson ends: summary and exercises, a runnable starter cell with # TODO scaffolds, then the link onwards
+    assert kinds[-3:] == ["markdown", "code", "markdown"], f"{path.name}: end with summary + exercises, starter, link"
+    assert "## 정리" in cells[-3] and "## 연습문제" in cells[-3] and "solutions/solutions.ipynb" in cells[-3]
+    assert "# TODO" in cells[-2], f"{path.name}'s starter cell should say what to fill in"
     # a teacher walks the course by its links: each lesson ends with one to the next, and the link resolves
     nexts = re.findall(r"^다음: \[[^\]]+\]\(([^)]+)\)", cells[-1], flags=re.M)
     assert len(nexts) == 1, f"{path.name} should end with one '다음: [..](..)' link"
