@@ -55,12 +55,12 @@ def first_uses() -> list[tuple[list[str], int]]:
 
 
 def lesson_prose() -> dict[int, str]:
-    """Each numbered lesson's markdown, without 00's course map (a preview of every lesson, not a use)."""
+    """Each numbered lesson's markdown, without 00's course map and the closing links onwards (previews, not uses)."""
     prose = {}
     for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
         cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
         texts = ["".join(c["source"]) for c in cells if c["cell_type"] == "markdown"]
-        prose[int(path.name[:2])] = "\n".join(t for t in texts if "## 코스 지도" not in t)
+        prose[int(path.name[:2])] = "\n".join(t for t in texts if "## 코스 지도" not in t and not t.startswith("다음:"))
     return prose
 
 
