@@ -118,7 +118,7 @@ def word_separation(encoder, tokenizer, words=world.COLOURS, template: str = "a 
 def encode_captions(encoder, tokenizer, captions: list[str]) -> torch.Tensor:
     ids = tokenizer(captions, padding="max_length", max_length=MAX_LENGTH, truncation=True,
                     return_tensors="pt").input_ids
-    return encoder(ids)[0]
+    return encoder(ids.to(encoder.device))[0]  # on the encoder's device: lesson 11 runs on a GPU in class
 
 
 # ------------------------------------------------------------------ data
@@ -265,8 +265,8 @@ def sd_pndm_scheduler():
 def drop_captions(context: torch.Tensor, empty: torch.Tensor, generator, rate: float = EMPTY_CAPTION_RATE) -> torch.Tensor:
     """``context`` with each caption's hidden states replaced by the empty prompt's with probability ``rate``:
     the UNet learns to draw without text too, which classifier-free guidance needs."""
-    drop = torch.rand(len(context), generator=generator) < rate
-    return torch.where(drop[:, None, None], empty.to(context.dtype), context)
+    drop = torch.rand(len(context), generator=generator) < rate  # drawn on the CPU, so every device draws the same
+    return torch.where(drop[:, None, None].to(context.device), empty.to(context), context)
 
 
 def denoising_loss(unet, noise_schedule, latents: torch.Tensor, context: torch.Tensor, noise: torch.Tensor,
