@@ -556,7 +556,7 @@ PROMPTS = {  # how each scene is asked for, by ``evaluate``'s language key
 
 
 def evaluate(cfg, pipes: dict | None = None, scenes: list | None = None, languages=("en", "ko"),
-             guidance_scale: float | None = None) -> dict:
+             guidance_scale: float | None = None, scorer: tuple | None = None) -> dict:
     """Attribute accuracy of images drawn from the world's prompts, per encoder and language.
 
     ``pipes`` maps a name to a pipeline (default: the teacher's own SD); each is
@@ -565,7 +565,8 @@ def evaluate(cfg, pipes: dict | None = None, scenes: list | None = None, languag
     Keys: ``<name>_<language>`` and ``<name>_<language>_held_out``, each
     ``{"colour", "shape", "position"}`` accuracies, and ``<name>_<language>_cmmd``: the CMMD between the
     images and jittered renders of the scenes they were asked for, under the world's scorer (lower is closer;
-    renders of the same scenes with other jitter measure 0.006, see ``reference_cmmd``).
+    renders of the same scenes with other jitter measure 0.006, see ``reference_cmmd``). ``scorer`` is
+    ``metrics.load_scorer``'s ``(processor, model)`` when the caller already holds it.
     """
     from .metrics import cmmd, load_scorer
     from .pipeline import load_sd_pipeline
@@ -574,7 +575,7 @@ def evaluate(cfg, pipes: dict | None = None, scenes: list | None = None, languag
     pipes = pipes or {"teacher": load_sd_pipeline(cfg)}
     guidance = cfg.guidance_scale if guidance_scale is None else guidance_scale
     held = [world.is_held_out(s) for s in scenes]
-    processor, scorer = load_scorer(cfg, device="cpu")
+    processor, scorer = scorer or load_scorer(cfg, device="cpu")
     truth = true_renders(scenes)
     results = {"scenes": len(scenes), "held_out_scenes": int(sum(held)),
                "chance": {"colour": 1 / len(world.COLOURS), "shape": 1 / len(world.SHAPES),
@@ -621,13 +622,16 @@ def compare_phrasings(cfg, teacher, students: dict, guidance_scales=None, scenes
     """
     import pandas as pd
 
+    from .metrics import load_scorer
+
     guidance_scales = guidance_scales or (cfg.guidance_scale, 7.5)
+    scorer = load_scorer(cfg, device="cpu")  # once for every evaluate below
     labels = [("teacher", "en", "teacher, en")] + [(name, lang, f"{name}, {PHRASING_LABELS[lang]}")
                                                    for name in students for lang in phrasings]
     columns = {}
     for guidance in guidance_scales:
-        drawn = {**evaluate(cfg, {"teacher": teacher}, scenes, ("en",), guidance),
-                 **evaluate(cfg, students, scenes, phrasings, guidance)}
+        drawn = {**evaluate(cfg, {"teacher": teacher}, scenes, ("en",), guidance, scorer),
+                 **evaluate(cfg, students, scenes, phrasings, guidance, scorer)}
         rows = {(label, subset): drawn[f"{name}_{lang}{suffix}"] for name, lang, label in labels
                 for subset, suffix in (("all scenes", ""), ("held-out combinations", "_held_out"))}
         frame = pd.DataFrame(rows).T

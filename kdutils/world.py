@@ -644,7 +644,8 @@ def _nearest(value: float, table: dict[str, float], period: float) -> str:
 
 
 def _foreground(image):
-    """(pixels, distance to the background, peak, blob): the reader's first half; blob is None without a clear shape."""
+    """(pixels, distance to the background, peak, blob, blobs): the reader's first half; blob is None without a
+    clear shape, blobs the number of connected foreground pieces."""
     from scipy import ndimage
 
     pixels = _to_array(image)
@@ -655,13 +656,13 @@ def _foreground(image):
     smooth = ndimage.uniform_filter(distance, size=3)
     peak = float(smooth.max())
     if peak < MIN_CONTRAST:
-        return pixels, distance, peak, None
+        return pixels, distance, peak, None, 0
     labels, count = ndimage.label(smooth > 0.5 * peak)
     largest = 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
     blob = ndimage.binary_fill_holes(labels == largest)
     if int(blob.sum()) < MIN_AREA:
-        return pixels, distance, peak, None
-    return pixels, distance, peak, blob
+        return pixels, distance, peak, None, count
+    return pixels, distance, peak, blob, count
 
 
 def shape_mask(image) -> np.ndarray:
@@ -682,11 +683,10 @@ def read_attributes(image) -> dict:
     """
     from scipy import ndimage
 
-    pixels, distance, peak, blob = _foreground(image)
+    pixels, distance, peak, blob, count = _foreground(image)
     if blob is None:
         return _nothing()
     area = int(blob.sum())
-    count = int(ndimage.label(ndimage.uniform_filter(distance, size=3) > 0.5 * peak)[1])
 
     ys, xs = np.nonzero(blob)
     x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
