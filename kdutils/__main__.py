@@ -1,4 +1,4 @@
-"""Command line: ``python -m kdutils {course,train,export,bench,sizing,tiny,colab} ...``."""
+"""Command line: ``python -m kdutils {course,site,train,export,bench,sizing,tiny,colab} ...``."""
 
 from __future__ import annotations
 
@@ -16,11 +16,29 @@ def _course(args: argparse.Namespace) -> int:
     from .course import CourseError, run_course
 
     try:
-        out = run_course(profile=args.profile, only=args.only)
+        out = run_course(profile=args.profile, only=args.only, solutions=args.solutions)
     except CourseError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"executed notebooks and summary: {out}")
+    return 0
+
+
+def _site(args: argparse.Namespace) -> int:
+    from .site import SiteError, build_site, serve
+
+    if args.profile:
+        import os
+
+        os.environ["KDSD_PROFILE"] = args.profile
+    try:
+        html = build_site(args.course, args.output, solutions=False if args.no_solutions else None,
+                          allow_stale=args.allow_stale)
+    except SiteError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if args.serve:
+        serve(html, args.serve)
     return 0
 
 
@@ -252,7 +270,21 @@ def build_parser() -> argparse.ArgumentParser:
     course = sub.add_parser("course", help="execute the notebooks in order in one profile")
     course.add_argument("--profile", choices=profiles, help="default: KDSD_PROFILE, else auto")
     course.add_argument("--only", nargs="+", metavar="NN", help="notebook numbers or names, e.g. 03 04")
+    course.add_argument("--solutions", action="store_true",
+                        help="also run notebooks/solutions/solutions.ipynb (last), for the course website")
     course.set_defaults(func=_course)
+
+    site = sub.add_parser("site", help="build the course website from the executed notebooks (after `course`)")
+    site.add_argument("--profile", choices=profiles, help="whose executed copies (default: KDSD_PROFILE, else auto)")
+    site.add_argument("--course", type=Path, help="folder of executed notebooks (default: <output folder>/course)")
+    site.add_argument("--output", type=Path, help="where the site goes (default: <output folder>/site; pages in html/)")
+    site.add_argument("--no-solutions", action="store_true",
+                      help="leave the solutions page out (also KDSD_SITE_SOLUTIONS=0)")
+    site.add_argument("--allow-stale", action="store_true",
+                      help="publish executed copies whose code differs from the notebooks now")
+    site.add_argument("--serve", nargs="?", const=8000, type=int, metavar="PORT",
+                      help="then preview it on http://localhost:PORT (default 8000) until Ctrl-C")
+    site.set_defaults(func=_site)
 
     train = sub.add_parser("train", help="distil a student outside notebooks (works under accelerate launch)")
     train.add_argument("--experiment", required=True, choices=EXPERIMENTS)

@@ -60,11 +60,13 @@ def _failing_cell(nb) -> tuple[int, str]:
 
 
 def run_course(profile: str | None = None, only: list[str] | None = None, timeout: int = 3600,
-               folder: Path = NOTEBOOK_DIR) -> Path:
+               folder: Path = NOTEBOOK_DIR, solutions: bool = False) -> Path:
     """Execute the notebooks in order; return the folder with executed copies and summary.
 
     The kernels inherit ``KDSD_PROFILE`` from this process, so every notebook
-    runs in the same profile.
+    runs in the same profile. ``solutions`` runs ``solutions/solutions.ipynb``
+    last (the course website shows it). Each copy records its run in
+    ``metadata.kdsd`` (profile, date, commit, machine).
     """
     import nbformat
     from nbclient import NotebookClient
@@ -72,6 +74,7 @@ def run_course(profile: str | None = None, only: list[str] | None = None, timeou
     from tqdm.auto import tqdm
 
     from .profiles import get_profile
+    from .site import run_stamp
 
     if profile:
         os.environ["KDSD_PROFILE"] = profile
@@ -81,6 +84,8 @@ def run_course(profile: str | None = None, only: list[str] | None = None, timeou
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
     out = cfg.out("course")
     notebooks = find_notebooks(only, folder)
+    if solutions:
+        notebooks.append(Path(folder) / "solutions" / "solutions.ipynb")
     print(f"running {len(notebooks)} notebook(s) in profile {cfg.name!r}; executed copies go to {out}")
 
     results: list[NotebookResult] = []
@@ -99,6 +104,7 @@ def run_course(profile: str | None = None, only: list[str] | None = None, timeou
             client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                                     resources={"metadata": {"path": str(path.parent)}},
                                     on_cell_complete=on_cell_complete)
+            nb.metadata["kdsd"] = run_stamp(cfg.name, "python -m kdutils course")
             start = time.perf_counter()
             try:
                 client.execute()
