@@ -68,7 +68,7 @@ def test_requirements_files_install_kdutils_and_its_declared_packages():
         return [line.split("#")[0].strip() for line in text.splitlines() if line.split("#")[0].strip()]
 
     assert lines("requirements-colab.txt") == ["-e ."], "Colab: kdutils and what pyproject.toml declares, no extras"
-    assert lines("requirements.txt") == ["-e .[lab,test]"]
+    assert lines("requirements.txt") == ["-e .[lab,test,site]"], "local and CI: JupyterLab, the tests and the website"
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     assert "torch>=2.1,<3" in project["dependencies"], "a range, so Colab's CUDA build of torch stays"
