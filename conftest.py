@@ -50,7 +50,7 @@ def _write_executed(notebook_item) -> None:
     import nbformat
 
     from kdutils.profiles import get_profile
-    from kdutils.site import run_stamp
+    from kdutils.course import run_stamp
 
     nb = notebook_item.nb
     cfg = get_profile()

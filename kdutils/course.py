@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
-NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK_DIR = ROOT / "notebooks"
 
 
 @dataclass
@@ -46,6 +49,35 @@ def find_notebooks(only: list[str] | None = None, folder: Path = NOTEBOOK_DIR) -
     return notebooks
 
 
+def run_stamp(profile: str, runner: str, root: Path = ROOT) -> dict:
+    """What an executed copy records about its run: profile, date, commit, machine and runner."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    import torch
+
+    if torch.cuda.is_available():
+        machine = f"GPU {torch.cuda.get_device_name(0)}"
+    else:
+        cpu = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines()
+                    if line.startswith("model name")), "CPU")
+        machine = f"CPU, {os.cpu_count()} cores ({cpu})"
+    return {"profile": profile, "runner": runner, "machine": machine,
+            "executed": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "commit": git("rev-parse", "HEAD") or "unknown", "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text(errors="replace")
+    except OSError:
+        return ""
+
+
 def _failing_cell(nb) -> tuple[int, str]:
     """Index (counting code cells from 1) and error line of the first cell with an error output."""
     code_index = 0
@@ -74,7 +106,6 @@ def run_course(profile: str | None = None, only: list[str] | None = None, timeou
     from tqdm.auto import tqdm
 
     from .profiles import get_profile
-    from .site import run_stamp
 
     if profile:
         os.environ["KDSD_PROFILE"] = profile

@@ -20,9 +20,7 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 from .colab import ROOT, find_links
@@ -41,35 +39,6 @@ class SiteError(RuntimeError):
 
 class MissingCopy(SiteError):
     """A notebook has no executed copy yet: run the course (or the tests) first."""
-
-
-def run_stamp(profile: str, runner: str, root: Path = ROOT) -> dict:
-    """What an executed copy records about its run: profile, date, commit, machine and runner."""
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
-                                  timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    import torch
-
-    if torch.cuda.is_available():
-        machine = f"GPU {torch.cuda.get_device_name(0)}"
-    else:
-        cpu = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines()
-                    if line.startswith("model name")), "CPU")
-        machine = f"CPU, {os.cpu_count()} cores ({cpu})"
-    return {"profile": profile, "runner": runner, "machine": machine,
-            "executed": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "commit": git("rev-parse", "HEAD") or "unknown", "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
-
-
-def _read(path: str) -> str:
-    try:
-        return Path(path).read_text(errors="replace")
-    except OSError:
-        return ""
 
 
 def executed_copies(course: Path, root: Path = ROOT, solutions: bool = True, allow_stale: bool = False) -> dict:
