@@ -28,7 +28,11 @@ import pytest  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
-    """The browser tests of the website read the notebooks' executed copies: they run last."""
+    """Notebook cells and browser tests are slow (``pytest -m "not slow"`` leaves them out); the browser tests
+    of the website read the notebooks' executed copies, so they run last."""
+    for item in items:
+        if hasattr(item, "cell") or item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.slow)
     items.sort(key=lambda item: item.get_closest_marker("browser") is not None)  # a stable sort keeps the rest
 
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import sys
 
 from . import colab, data, distill, metrics, pipeline, plots, report, toymodels, world
 from .models import EXPERIMENTS, count_parameters, load_student, load_teacher, load_tokenizers, quiet_load_bars
-from .profiles import PROFILES, Profile, get_profile
+from .profiles import PROFILES, Profile, get_profile, seed_everything
 from .tiny import resolve
 
 __all__ = ["EXPERIMENTS", "PROFILES", "Profile", "colab", "count_parameters", "data", "distill", "metrics", "pipeline", "load_student", "toymodels", "world",
@@ -25,17 +24,6 @@ __version__ = "0.1.0"
 # There is no CPU build of torchvision; transformers then falls back to PIL
 # image processors, which is fine, and says so on every import.
 logging.getLogger("transformers.utils.import_utils").addFilter(lambda record: "requires torchvision" not in record.getMessage())
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and PyTorch (CPU and CUDA) so reruns give the same numbers."""
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    os.environ.setdefault("PYTHONHASHSEED", str(seed))
 
 
 def setup(profile: str | None = None, *, quiet: bool = False, **overrides) -> Profile:

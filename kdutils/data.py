@@ -23,11 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from .corpus import ASSETS, BUNDLED_PAIRS, EVAL_PROMPTS, read_bundled, read_jsonl  # noqa: F401 (kd.data.* as before)
 from .files import folder_lock, read_json, recover, staging, swap_in
 
-ASSETS = Path(__file__).resolve().parent / "assets"
-BUNDLED_PAIRS = ASSETS / "pairs.jsonl"
-EVAL_PROMPTS = ASSETS / "eval_prompts.jsonl"
 TEXT_TYPES = (".csv", ".tsv", ".tab", ".txt")  # delimiter and encoding are detected from the content
 FILE_TYPES = TEXT_TYPES + (".xlsx", ".json", ".jsonl", ".parquet")
 SPLITS = ("train", "val", "test")
@@ -40,17 +38,6 @@ KNOWN_COLUMNS = [
 _HANGUL = re.compile(r"[\uac00-\ud7a3\u1100-\u11ff\u3130-\u318f]")
 _ZERO_WIDTH = re.compile(r"[\u200b\u200c\u200d\u2060\ufeff]")
 _SPACES = re.compile(r"\s+")
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Rows of a JSON-lines file (blank lines skipped)."""
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def read_bundled() -> list[dict]:
-    """The course's own pairs with their fixed ``split`` (train/val/test)."""
-    return read_jsonl(BUNDLED_PAIRS)
 
 
 TOYWORLD_PAIRS = {"train": 3000, "val": 300, "test": 300}  # caption pairs of the toy world per split

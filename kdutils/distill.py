@@ -745,7 +745,7 @@ def setup_run(cfg, experiment: str, splits, *, models: tuple | None = None, val:
     """Everything before the first step: accelerator and precision, models, data, optimizer and schedule."""
     from transformers import get_cosine_schedule_with_warmup
 
-    from . import seed_everything
+    from .profiles import seed_everything
     from .data import fingerprint
 
     check_inputs(experiment, splits)

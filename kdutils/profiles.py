@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import random
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -390,3 +391,14 @@ def get_profile(name: str | None = None, **overrides: Any) -> Profile:
     if not cfg.output_dir:
         cfg = dataclasses.replace(cfg, output_dir=str(output_root() / cfg.name))
     return cfg
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch (CPU and CUDA) so reruns give the same numbers."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))

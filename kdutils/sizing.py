@@ -563,7 +563,8 @@ def build_standins(root) -> dict[str, str]:
 
     from . import tiny
     from .bench import CLIP_L14_TEXT, KLUE_ROBERTA_SMALL
-    from .data import read_bundled, read_toyworld
+    from .corpus import read_bundled
+    from .data import read_toyworld
 
     bpe = clip_bpe_file()
     if bpe is None:

@@ -96,7 +96,7 @@ def build_all(root: Path) -> Path:
 
 # ---------------------------------------------------------------- tokenizers
 def _train_texts() -> tuple[list[str], list[str]]:
-    from .data import read_bundled
+    from .corpus import read_bundled
 
     rows = [r for r in read_bundled() if r["split"] == "train"]
     return [r["en"] for r in rows], [r["ko"] for r in rows]

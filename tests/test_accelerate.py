@@ -13,6 +13,7 @@ from kdutils import distill as D
 
 
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate's launcher is not installed")
+@pytest.mark.slow
 def test_two_processes_train_a_valid_checkpoint_close_to_one_process(tmp_path):
     # two processes of batch 16 against one of batch 32: the same effective batch and the same number of steps
     # 1,200 of the toy world's pairs keep the run short (the whole set took three minutes of the suite)

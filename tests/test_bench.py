@@ -7,6 +7,7 @@ import pytest
 from kdutils import bench, count_parameters
 
 
+@pytest.mark.slow
 def test_full_size_architectures_have_the_study_parameter_counts():
     teacher, student = bench.build_models("roberta")
     assert count_parameters(student) == 68_090_880  # klue/roberta-small, as the study reports
@@ -106,6 +107,7 @@ def test_gpu_memory_estimate_counts_weights_optimizer_and_gradients(experiment):
     assert bench.estimate_gpu_memory(experiment, batch_size=32, size="tiny")["peak_gb"] > est["peak_gb"]
 
 
+@pytest.mark.slow
 def test_phases_cover_the_engine_step_and_the_cli_writes_them(tmp_path):
     from kdutils.__main__ import main
 

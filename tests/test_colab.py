@@ -141,6 +141,7 @@ def _git(*args, cwd):
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True, capture_output=True)
 
 
+@pytest.mark.slow
 def test_running_the_setup_cell_again_updates_the_clone(tmp_path):
     origin, home = tmp_path / "origin", tmp_path / "kdsd"
     origin.mkdir()

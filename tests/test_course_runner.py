@@ -14,6 +14,7 @@ def _write(folder, name, *sources):
     nbformat.write(nb, folder / name)
 
 
+@pytest.mark.slow
 def test_runs_in_order_and_stops_at_the_failing_cell(tmp_path, monkeypatch):
     monkeypatch.setenv("KDSD_OUTPUT_DIR", str(tmp_path / "out"))
     nbs = tmp_path / "nbs"

@@ -650,6 +650,7 @@ def test_the_toy_world_eval_prompts_say_what_each_image_should_show():
     assert data.read_eval_prompts() == data.read_eval_prompts("bundled") and len(data.read_eval_prompts()) == 72
 
 
+@pytest.mark.slow
 def test_rebuilding_splits_that_a_process_holds_open_does_not_crash_it(tmp_path):
     """Before, save_to_disk rewrote the arrow files in place: a kernel reading the old splits read garbage
     (here a UnicodeDecodeError) or, where the new file is shorter, died of SIGBUS."""

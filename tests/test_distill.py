@@ -121,6 +121,7 @@ def test_best_checkpoint_has_the_lowest_validation_loss(cfg, small_splits):
     assert not list(result.output_dir.glob(".*.tmp")), "no half-written checkpoint is left behind"
 
 
+@pytest.mark.slow
 def test_resume_reaches_the_same_weights_and_reruns_are_bit_identical(cfg, small_splits):
     full = D.distill(cfg, "roberta", small_splits, output_dir=Path(cfg.output_dir) / "full", progress=False)
     again = D.distill(cfg, "roberta", small_splits, output_dir=Path(cfg.output_dir) / "again", progress=False)
@@ -153,6 +154,7 @@ def test_bad_configurations_fail_clearly(cfg, small_splits, tmp_path):
         D.distill(cfg.replace(student_id=str(narrow)), "roberta", small_splits, progress=False)
 
 
+@pytest.mark.slow
 def test_comparison_table_uses_one_unit_and_says_which_split(tmp_path):
     cfg = kd.get_profile("tiny", output_dir=str(tmp_path))
     assert D.ensure_trained(cfg, "roberta", train_missing=False) is None
@@ -190,6 +192,7 @@ def test_trimmed_teacher_pools_at_the_same_token_with_sd14s_legacy_eos_id():
     assert torch.allclose(full, D.teacher_batch(teacher, ids, "pooled", width), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_each_experiment_leaves_out_the_pairs_its_tokenizer_would_cut(cfg, small_splits, capsys):
     """The CLIP student reads Korean as byte pieces: long Korean sentences would be cut at 77 tokens."""
     from datasets import DatasetDict, concatenate_datasets
@@ -317,6 +320,7 @@ def _run_files(out: Path) -> dict:
         "history": [{k: v for k, v in h.items() if k != "seconds"} for h in history]}
 
 
+@pytest.mark.slow
 def test_every_rename_of_every_checkpoint_swap_survives_a_kill_and_resume_continues(quick, finished, tmp_path,
                                                                                    monkeypatch, capsys):
     """Kill the run at each rename it makes (as `strace -e inject=rename:signal=KILL:when=N` did), then resume.

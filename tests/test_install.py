@@ -75,3 +75,25 @@ def test_requirements_files_install_kdutils_and_its_declared_packages():
     lab = " ".join(project["optional-dependencies"]["lab"])
     assert "ipywidgets" in lab and "jupyterlab" in lab, "Colab keeps its own ipywidgets 7 and installs no Jupyter"
     assert not {"ipywidgets", "jupyterlab"} & {re.split(r"[<>=!~ ]", d)[0] for d in project["dependencies"]}
+
+
+def test_kdutils_has_no_import_circle():
+    """No module of kdutils imports, at its top or inside a function, a module that imports it back."""
+    import ast
+
+    package = ROOT / "kdutils"
+    modules = {p.stem for p in package.glob("*.py")}
+    imports = {}
+    for name in modules:
+        found = set()
+        for node in ast.walk(ast.parse((package / f"{name}.py").read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                found |= ({node.module.split(".")[0]} if node.module else
+                          {a.name if a.name in modules else "__init__" for a in node.names})
+        imports[name] = found & modules
+
+    def reaches(start, goal, seen=()):
+        return any(m == goal or (m not in seen and reaches(m, goal, (*seen, m))) for m in imports[start])
+
+    circles = sorted(name for name in modules if reaches(name, name))
+    assert not circles, f"modules in an import circle: {circles}"

@@ -33,6 +33,7 @@ print(type(pipe.text_encoder).__name__, pipe.text_encoder.config.use_attention_m
 """
 
 
+@pytest.mark.slow
 def test_export_reloads_in_a_plain_process_and_gives_the_same_image(cfg, student_dir, pipe, tmp_path):
     out = P.export_pipeline(cfg, student_dir, tmp_path / "exported")
     assert (out / "model_index.json").exists() and (out / "kdsd_export.json").exists()

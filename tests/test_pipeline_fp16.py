@@ -1,11 +1,13 @@
 """export --fp16: half-precision weights, half the bytes, the same picture (tiny profile)."""
 
+import pytest
 import torch
 
 from kdutils import metrics as M
 from kdutils import pipeline as P
 
 
+@pytest.mark.slow
 def test_an_fp16_export_is_half_the_size_and_draws_the_same_picture(cfg, student_dir, tmp_path):
     from diffusers import StableDiffusionPipeline
     from safetensors import safe_open

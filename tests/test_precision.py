@@ -141,6 +141,7 @@ def _models(cfg, experiment):
 
 
 @pytest.mark.parametrize("experiment", ["clip", "roberta_pooler"])
+@pytest.mark.slow
 def test_bf16_training_keeps_the_notebooks_before_and_after_checks(setting, experiment):
     """What notebooks 03-05 do: measure the student, hand it to distill, measure it again."""
     base, splits = setting
@@ -171,6 +172,7 @@ def test_bf16_training_keeps_the_notebooks_before_and_after_checks(setting, expe
     assert result.best_val_loss < before["val_loss"], "bf16 training still learns"
 
 
+@pytest.mark.slow
 def test_bf16_really_trains_in_bf16_and_resumes_bit_identically(setting):
     base, splits = setting
     cfg = base.replace(mixed_precision="bf16")
@@ -189,6 +191,7 @@ def test_bf16_really_trains_in_bf16_and_resumes_bit_identically(setting):
     assert {t.dtype for t in load_file(str(full.best_dir / "model.safetensors")).values()} == {torch.float32}
 
 
+@pytest.mark.slow
 def test_bf16_keeps_the_best_val_loss_within_5_percent_of_fp32(tmp_path, capsys):
     """The tiny profile's settings (lr 3e-3, batch 16) on 320 pairs, 20 steps: bf16 autocast and a bf16
     teacher against fp32. The precision shows in the log line and metrics.json."""
@@ -209,6 +212,7 @@ def test_bf16_keeps_the_best_val_loss_within_5_percent_of_fp32(tmp_path, capsys)
     assert (meta["mixed_precision"], meta["teacher_dtype"]) == ("bf16", "bfloat16")
 
 
+@pytest.mark.slow
 def test_a_bf16_student_exports_and_reloads_with_plain_diffusers(setting, tmp_path):
     from diffusers import StableDiffusionPipeline
 
@@ -226,6 +230,7 @@ def test_a_bf16_student_exports_and_reloads_with_plain_diffusers(setting, tmp_pa
 
 
 # ---------------------------------------------- notebooks 03-05 under bf16
+@pytest.mark.slow
 def test_distillation_notebooks_pass_with_bf16_forced(tmp_path):
     """What a GPU user runs, on the CPU: a distillation notebook under nbval with KDSD_MIXED_PRECISION=bf16.
 

@@ -186,6 +186,7 @@ def test_a_student_from_an_older_course_or_other_settings_is_used_with_a_warning
     assert D.outdated(cfg, unrecorded, splits) == [], "a run that did not record its padding is not accused of [PAD]"
 
 
+@pytest.mark.slow
 def test_a_run_from_an_older_toy_student_is_outdated(cfg):
     from kdutils.tiny import ASSETS_VERSION
 

@@ -91,6 +91,7 @@ def test_the_morpheme_cutter_keeps_world_words_whole():
         assert tiny.korean_morphemes(word) == [word]
 
 
+@pytest.mark.slow
 def test_pretraining_runs_and_saves_a_loadable_encoder(tmp_path, no_network):
     from transformers import AutoModel, AutoTokenizer
 
@@ -104,6 +105,7 @@ def test_pretraining_runs_and_saves_a_loadable_encoder(tmp_path, no_network):
     assert (tmp_path / "student" / "DONE").exists() and (tok.cls_token_id, tok.pad_token_id) == (0, 1)
 
 
+@pytest.mark.slow
 def test_an_interrupted_pretraining_leaves_the_student_that_was_there(tmp_path, monkeypatch, no_network):
     from kdutils import toymodels
 
@@ -148,6 +150,7 @@ print(image.shape, tuple(out.shape), type(student).__name__)
 """
 
 
+@pytest.mark.slow
 def test_assets_load_with_plain_libraries_in_a_fresh_process(built):
     env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(built)}
     result = subprocess.run([sys.executable, "-c", PLAIN_LOAD, str(built), str(tiny.TRAINED_DIR)],

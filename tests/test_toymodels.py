@@ -18,6 +18,7 @@ CHANCE = {"colour": 1 / 6, "shape": 1 / 3, "position": 1 / 5}
 TARGET_EN = {"colour": 0.90, "position": 0.80, "shape": 0.70}  # the issue's targets for English prompts
 
 
+@pytest.mark.slow
 def test_the_builder_runs_end_to_end_in_a_few_steps(tmp_path):
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPModel, CLIPProcessor
@@ -72,6 +73,7 @@ def teacher_scores():
     return T.evaluate(kd.get_profile("tiny"))
 
 
+@pytest.mark.slow
 def test_the_toy_sd_draws_what_english_asks(teacher_scores):
     """The issue's targets, with a margin of 5 points: one image of 48 is 2 (the README gives the measured values)."""
     for name, target in TARGET_EN.items():
