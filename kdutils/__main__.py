@@ -152,7 +152,7 @@ def _push(folder: Path, repo_id: str, *, private: bool) -> int:
 
     This is what the pipeline's ``push_to_hub`` does after saving again; uploading
     the saved folder keeps the course's ``kdsd_export.json``, which tells
-    ``KDSD_STUDENT_<EXPERIMENT>`` which student the repo holds.
+    ``KDSD_TRAINED_<EXPERIMENT>`` which student the repo holds.
     """
     from huggingface_hub import create_repo, upload_folder
 
@@ -164,7 +164,7 @@ def _push(folder: Path, repo_id: str, *, private: bool) -> int:
               f"{folder}; log in with `hf auth login` (or set HF_TOKEN) and run the command again", file=sys.stderr)
         return 1
     print(f"pushed to {url}; StableDiffusionPipeline.from_pretrained({repo_id!r}) loads it, and "
-          f"KDSD_STUDENT_<EXPERIMENT>={repo_id} gives the course its student")
+          f"KDSD_TRAINED_<EXPERIMENT>={repo_id} gives the course its student")
     return 0
 
 

@@ -1036,7 +1036,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 def load_metrics(cfg, experiment: str) -> dict:
     """The ``metrics.json`` of ``experiment``'s student: the one the user named, else this profile's run.
 
-    A student named with ``KDSD_STUDENT_<EXPERIMENT>`` (a folder or hub id,
+    A student named with ``KDSD_TRAINED_<EXPERIMENT>`` (a folder or hub id,
     see ``kd.models.trained_student_source``) wins. Its metrics come from the
     ``metrics.json`` of the run it belongs to when that came along; a student
     without one (an exported pipeline, a bare ``best/``) gives what its
@@ -1089,7 +1089,7 @@ def ensure_trained(cfg, experiment: str, *, train_missing: bool = True) -> Path 
     """The checkpoint of ``experiment``'s student: the one the user named, else this profile's ``best/``.
 
     Lets the sampling notebooks run on their own. A student named with
-    ``KDSD_STUDENT_<EXPERIMENT>`` (folder or hub id: what a teacher trained
+    ``KDSD_TRAINED_<EXPERIMENT>`` (folder or hub id: what a teacher trained
     once for a class) is used as it is. Otherwise a missing student is trained
     here (an interrupted run in its folder is continued): about half a minute
     in ``tiny``; in ``class``/``paper`` run its notebook (or pass

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 from .tiny import resolve
@@ -111,14 +112,17 @@ def load_student(cfg, experiment: str, teacher_hidden_size: int | None = None):
 
 
 # ------------------------------------------------------- students kept elsewhere
-STUDENT_ENV_PREFIX = "KDSD_STUDENT_"
+# KDSD_TRAINED_<EXPERIMENT>: not a Profile field (those are KDSD_<FIELD>, such as KDSD_STUDENT_ID); the old name
+# KDSD_STUDENT_<EXPERIMENT> shared that prefix with KDSD_STUDENT_ID and KDSD_STUDENT_PADDING, and still works, with a notice
+STUDENT_ENV_PREFIX = "KDSD_TRAINED_"
+OLD_STUDENT_ENV_PREFIX = "KDSD_STUDENT_"
 # What a student download skips when the source is an exported pipeline: SD's own parts, which the profile loads.
 _NOT_THE_STUDENT = ["unet/*", "vae/*", "safety_checker/*", "feature_extractor/*", "*.ckpt", "*.pt", "*.msgpack",
                     "*.h5", "*.onnx"]
 
 
 def student_env_var(experiment: str) -> str:
-    """The environment variable that names where an experiment's trained student lives: ``KDSD_STUDENT_ROBERTA`` etc."""
+    """The environment variable that names where an experiment's trained student lives: ``KDSD_TRAINED_ROBERTA`` etc."""
     if experiment not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {experiment!r}; choose one of {EXPERIMENTS}")
     return STUDENT_ENV_PREFIX + experiment.upper()
@@ -127,7 +131,7 @@ def student_env_var(experiment: str) -> str:
 def trained_student_source(cfg, experiment: str, source: str | None = None) -> Path | None:
     """The student checkpoint folder the user keeps for ``experiment``, or None if they named none.
 
-    ``source`` (else the environment variable ``KDSD_STUDENT_<EXPERIMENT>``) is
+    ``source`` (else the environment variable ``KDSD_TRAINED_<EXPERIMENT>``) is
     a local folder or a hub repo id (``OWNER/NAME``, fetched with
     ``huggingface_hub.snapshot_download``). It may hold a ``best/`` checkpoint
     that ``kd.distill`` wrote, the run folder around one, or a pipeline that
@@ -139,6 +143,13 @@ def trained_student_source(cfg, experiment: str, source: str | None = None) -> P
     """
     var = student_env_var(experiment)
     from_env = source is None
+    if from_env and not os.environ.get(var, "").strip():
+        old = OLD_STUDENT_ENV_PREFIX + experiment.upper()
+        if os.environ.get(old, "").strip():
+            warnings.warn(f"{old} is the old name of {var}; it still works, but please rename it "
+                          f"(KDSD_STUDENT_... is easy to confuse with the profile's KDSD_STUDENT_ID)", FutureWarning,
+                          stacklevel=2)
+            var = old
     source = (os.environ.get(var, "") if from_env else source).strip()
     if not source:
         return None

@@ -143,7 +143,7 @@ def test_export_pushes_the_saved_folder_only_when_asked(fake_export, tmp_path, c
         "the folder as saved, with the course's kdsd_export.json"
     out = capsys.readouterr().out
     assert "pushed to https://huggingface.co/a-teacher/kd-roberta" in out
-    assert "KDSD_STUDENT_<EXPERIMENT>=a-teacher/kd-roberta" in out
+    assert "KDSD_TRAINED_<EXPERIMENT>=a-teacher/kd-roberta" in out
 
 
 def test_export_fp16_asks_for_half_precision_weights(fake_export, tmp_path):

@@ -507,7 +507,7 @@ def test_damaged_checkpoint_files_are_named_with_what_to_do(quick, finished, tmp
     best_meta.write_text("")
     with pytest.raises(ValueError, match=rf"{best_meta} is empty; copy the folder again"):
         kd.pipeline.load_trained_student(out / "best")
-    monkeypatch.setenv("KDSD_STUDENT_ROBERTA", str(out / "best"))
+    monkeypatch.setenv("KDSD_TRAINED_ROBERTA", str(out / "best"))
     with pytest.raises(ValueError, match=rf"{best_meta} is empty; copy the folder again"):
         D.ensure_trained(cfg, "roberta")
 

@@ -1,4 +1,4 @@
-"""Students kept outside a runtime: KDSD_STUDENT_<EXPERIMENT> names a folder or a hub repo, checked before use."""
+"""Students kept outside a runtime: KDSD_TRAINED_<EXPERIMENT> names a folder or a hub repo, checked before use."""
 
 import shutil
 from pathlib import Path
@@ -27,6 +27,7 @@ def student_dir(cfg, tmp_path_factory):
 def clean_env(monkeypatch):
     for experiment in kd.EXPERIMENTS:
         monkeypatch.delenv(student_env_var(experiment), raising=False)
+        monkeypatch.delenv(f"KDSD_STUDENT_{experiment.upper()}", raising=False)  # the old name
     return monkeypatch
 
 
@@ -41,19 +42,19 @@ def _same_weights(a, b) -> bool:
 
 def test_the_variable_names_follow_the_experiments():
     assert [student_env_var(e) for e in kd.EXPERIMENTS] == [
-        "KDSD_STUDENT_CLIP", "KDSD_STUDENT_ROBERTA", "KDSD_STUDENT_ROBERTA_POOLER"]
+        "KDSD_TRAINED_CLIP", "KDSD_TRAINED_ROBERTA", "KDSD_TRAINED_ROBERTA_POOLER"]
     with pytest.raises(ValueError, match="unknown experiment 'bert'"):
         student_env_var("bert")
 
 
 def test_nothing_named_means_none(cfg, clean_env):
     assert trained_student_source(cfg, "roberta") is None
-    clean_env.setenv("KDSD_STUDENT_ROBERTA", "  ")
+    clean_env.setenv("KDSD_TRAINED_ROBERTA", "  ")
     assert trained_student_source(cfg, "roberta") is None
 
 
 def test_a_checkpoint_folder_from_the_environment_loads_as_trained(cfg, student_dir, clean_env):
-    clean_env.setenv("KDSD_STUDENT_ROBERTA", str(student_dir))
+    clean_env.setenv("KDSD_TRAINED_ROBERTA", str(student_dir))
     assert trained_student_source(cfg, "roberta") == student_dir
     assert trained_student_source(cfg, "clip") is None, "each experiment has its own variable"
     _, student, meta = P.load_trained_student(trained_student_source(cfg, "roberta"))
@@ -63,7 +64,7 @@ def test_a_checkpoint_folder_from_the_environment_loads_as_trained(cfg, student_
 
 
 def test_the_run_folder_around_best_is_accepted_and_an_argument_wins(cfg, student_dir, clean_env):
-    clean_env.setenv("KDSD_STUDENT_ROBERTA", "/no/such/folder")
+    clean_env.setenv("KDSD_TRAINED_ROBERTA", "/no/such/folder")
     assert trained_student_source(cfg, "roberta", source=str(student_dir.parent)) == student_dir
 
 
@@ -71,11 +72,11 @@ def test_a_folder_without_a_student_fails_clearly_and_is_left_alone(cfg, tmp_pat
     (tmp_path / "notes.txt").write_text("my homework")
     (tmp_path / "config.json").write_text("{}")
     before = _files(tmp_path)
-    clean_env.setenv("KDSD_STUDENT_ROBERTA", str(tmp_path))
+    clean_env.setenv("KDSD_TRAINED_ROBERTA", str(tmp_path))
     with pytest.raises(FileNotFoundError) as err:
         trained_student_source(cfg, "roberta")
     message = str(err.value)
-    assert f"KDSD_STUDENT_ROBERTA={tmp_path}" in message and "no kdsd_meta.json" in message
+    assert f"KDSD_TRAINED_ROBERTA={tmp_path}" in message and "no kdsd_meta.json" in message
     assert "best/ folder" in message and "Nothing was changed" in message
     assert _files(tmp_path) == before
 
@@ -87,8 +88,8 @@ def test_a_missing_folder_that_is_no_repo_id_fails_without_the_network(cfg, clea
 
 
 def test_a_student_of_another_experiment_or_teacher_is_refused(cfg, student_dir, clean_env):
-    clean_env.setenv("KDSD_STUDENT_CLIP", str(student_dir))
-    with pytest.raises(ValueError, match="experiment 'roberta', not 'clip'; set KDSD_STUDENT_ROBERTA to it instead"):
+    clean_env.setenv("KDSD_TRAINED_CLIP", str(student_dir))
+    with pytest.raises(ValueError, match="experiment 'roberta', not 'clip'; set KDSD_TRAINED_ROBERTA to it instead"):
         trained_student_source(cfg, "clip")
     class_cfg = kd.get_profile("class", output_dir=cfg.output_dir)
     with pytest.raises(ValueError, match="distilled from 'tiny/stable-diffusion'.*draws with 'CompVis"):
@@ -107,7 +108,7 @@ def test_a_hub_id_is_downloaded_without_sd_and_checked(cfg, student_dir, clean_e
         return str(snapshot)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
-    clean_env.setenv("KDSD_STUDENT_ROBERTA", "a-teacher/kd-roberta")
+    clean_env.setenv("KDSD_TRAINED_ROBERTA", "a-teacher/kd-roberta")
     folder = trained_student_source(cfg, "roberta")
     assert folder == tmp_path / "hub" / "a-teacher--kd-roberta"
     (repo_id, kwargs), = calls
@@ -125,11 +126,11 @@ def test_a_failed_download_says_what_to_do(cfg, clean_env, monkeypatch):
         raise OSError("offline mode is enabled")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
-    clean_env.setenv("KDSD_STUDENT_CLIP", "a-teacher/kd-clip")
+    clean_env.setenv("KDSD_TRAINED_CLIP", "a-teacher/kd-clip")
     with pytest.raises(FileNotFoundError) as err:
         trained_student_source(cfg, "clip")
     message = str(err.value)
-    assert "KDSD_STUDENT_CLIP=a-teacher/kd-clip" in message and "could not download 'a-teacher/kd-clip'" in message
+    assert "KDSD_TRAINED_CLIP=a-teacher/kd-clip" in message and "could not download 'a-teacher/kd-clip'" in message
     assert "offline mode is enabled" in message and "hf auth login" in message
 
 
@@ -152,7 +153,7 @@ def test_the_sampling_notebooks_use_a_named_student_and_never_train(cfg, student
         raise AssertionError("a named student must not be trained again")
 
     monkeypatch.setattr(D, "distill", no_training)
-    clean_env.setenv("KDSD_STUDENT_ROBERTA", str(student_dir))
+    clean_env.setenv("KDSD_TRAINED_ROBERTA", str(student_dir))
     assert D.ensure_trained(cfg, "roberta") == student_dir
     metrics = D.load_metrics(cfg, "roberta")  # a bare best/ on a Drive: what its checkpoint records
     assert (metrics["best_dir"], metrics["best_step"], metrics["test"]) == (str(student_dir), 7, None)
@@ -162,8 +163,8 @@ def test_the_sampling_notebooks_use_a_named_student_and_never_train(cfg, student
         assert D.load_metrics(cfg, "roberta")["test"] == {"r1_ko2en": 0.5}
     finally:
         (student_dir.parent / "metrics.json").unlink()
-    clean_env.delenv("KDSD_STUDENT_ROBERTA")
-    with pytest.raises(FileNotFoundError, match="KDSD_STUDENT_ROBERTA"):
+    clean_env.delenv("KDSD_TRAINED_ROBERTA")
+    with pytest.raises(FileNotFoundError, match="KDSD_TRAINED_ROBERTA"):
         D.load_metrics(cfg, "roberta")  # nothing trained in this profile: the error names the variable
     assert D.ensure_trained(cfg, "roberta", train_missing=False) is None
 
@@ -197,3 +198,12 @@ def test_a_run_from_an_older_toy_student_is_outdated(cfg):
     older = {**current, "student": "tiny/roberta-small"}  # recorded before the toy student had a version
     assert D.outdated(cfg, older, splits) == [f"from student 'tiny/roberta-small', not 'tiny/roberta-small@{ASSETS_VERSION}'"]
     assert D.outdated(cfg, {**older, "experiment": "clip"}, splits) == []  # experiment 1 starts from the teacher
+
+
+def test_the_old_variable_name_still_works_with_a_notice(cfg, clean_env, student_dir):
+    clean_env.setenv("KDSD_STUDENT_ROBERTA", str(student_dir))
+    with pytest.warns(FutureWarning, match="KDSD_STUDENT_ROBERTA is the old name of KDSD_TRAINED_ROBERTA"):
+        assert trained_student_source(cfg, "roberta") == student_dir
+    clean_env.setenv("KDSD_TRAINED_ROBERTA", "/no/such/folder")  # the new name wins
+    with pytest.raises(FileNotFoundError, match="KDSD_TRAINED_ROBERTA=/no/such/folder"):
+        trained_student_source(cfg, "roberta")
