@@ -32,11 +32,11 @@ import torch
 import torch.nn.functional as F
 
 from .files import folder_lock, is_leftover, read_json, recover, staging, swap_in, write_json, write_text
-from .models import EXPERIMENTS, load_student, load_teacher, student_env_var, trained_student_source
 from .metrics import masked_mean, retrieval_accuracy
+from .models import load_student, load_teacher, student_env_var, trained_student_source
+from .profiles import EXPERIMENTS, TARGETS, check_experiment  # noqa: F401 (kd.distill.TARGETS as before)
 from .tiny import model_label
 
-TARGETS = {"clip": "sequence", "roberta": "sequence", "roberta_pooler": "pooled"}
 
 
 # ----------------------------------------------------------------- encoding
@@ -644,8 +644,7 @@ class Run:
 
 def check_inputs(experiment: str, splits) -> None:
     """Fail early, saying what to do, on an unknown experiment or a missing train/val split."""
-    if experiment not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment {experiment!r}; choose one of {EXPERIMENTS}")
+    check_experiment(experiment)
     for name in ("train", "val"):
         if name not in splits or len(splits[name]) == 0:
             raise ValueError(f"the {name!r} split is empty or missing; prepare data with kd.data.prepare_splits(cfg)")

@@ -9,9 +9,9 @@ import shutil
 import warnings
 from pathlib import Path
 
+from .profiles import EXPERIMENTS, check_experiment  # noqa: F401 (kd.models.EXPERIMENTS as before)
 from .tiny import resolve
 
-EXPERIMENTS = ("clip", "roberta", "roberta_pooler")
 
 
 def count_parameters(model) -> int:
@@ -91,8 +91,7 @@ def load_student(cfg, experiment: str, teacher_hidden_size: int | None = None):
     """
     from transformers import AutoModel, AutoTokenizer, CLIPTextModel, CLIPTokenizer
 
-    if experiment not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment {experiment!r}; choose one of {EXPERIMENTS}")
+    check_experiment(experiment)
     if experiment == "clip":
         student_tokenizer = CLIPTokenizer.from_pretrained(resolve(cfg.sd_id), subfolder="tokenizer")
         student = CLIPTextModel.from_pretrained(resolve(cfg.sd_id), subfolder="text_encoder")
@@ -123,8 +122,7 @@ _NOT_THE_STUDENT = ["unet/*", "vae/*", "safety_checker/*", "feature_extractor/*"
 
 def student_env_var(experiment: str) -> str:
     """The environment variable that names where an experiment's trained student lives: ``KDSD_TRAINED_ROBERTA`` etc."""
-    if experiment not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment {experiment!r}; choose one of {EXPERIMENTS}")
+    check_experiment(experiment)
     return STUDENT_ENV_PREFIX + experiment.upper()
 
 

@@ -402,3 +402,17 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
+
+
+# ------------------------------------------------------------- the experiments
+# The study's three experiments, one registry: what each student learns to match, the 77 x d sequence that the
+# UNet reads or the pooled vector (05). models.EXPERIMENTS and distill.TARGETS are these.
+TARGETS = {"clip": "sequence", "roberta": "sequence", "roberta_pooler": "pooled"}
+EXPERIMENTS = tuple(TARGETS)
+
+
+def check_experiment(experiment: str) -> str:
+    """``experiment`` if it is one of :data:`EXPERIMENTS`, else a ValueError that lists them."""
+    if experiment not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {experiment!r}; choose one of {EXPERIMENTS}")
+    return experiment
