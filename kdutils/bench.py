@@ -258,7 +258,7 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 def peak_dtypes(device: torch.device) -> list[torch.dtype]:
     """The dtypes whose matmul peak the bench measures: fp32, and the 16-bit types the device computes in."""
-    from .distill import cpu_bf16_supported
+    from .precision import cpu_bf16_supported
 
     if device.type == "cuda":
         return [torch.float32, torch.float16] + ([torch.bfloat16] if torch.cuda.get_device_capability(device) >= (8, 0)

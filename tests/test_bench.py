@@ -66,11 +66,11 @@ def test_flop_count_of_a_roberta_pair_matches_the_hand_count():
 def test_peaks_measure_bf16_only_where_the_cpu_has_it(monkeypatch):
     import torch
 
-    from kdutils import distill
+    from kdutils import precision
 
-    monkeypatch.setattr(distill, "cpu_bf16_supported", lambda: False)
+    monkeypatch.setattr(precision, "cpu_bf16_supported", lambda: False)
     assert bench.peak_dtypes(torch.device("cpu")) == [torch.float32]
-    monkeypatch.setattr(distill, "cpu_bf16_supported", lambda: True)
+    monkeypatch.setattr(precision, "cpu_bf16_supported", lambda: True)
     assert bench.peak_dtypes(torch.device("cpu")) == [torch.float32, torch.bfloat16]
     rates = bench.matmul_peak(torch.device("cpu"), torch.float32, n=128, repeats=2, seconds=0.01)
     assert len(rates) == 2 and all(r > 0 for r in rates)

@@ -82,15 +82,26 @@ def test_kdutils_has_no_import_circle():
     import ast
 
     package = ROOT / "kdutils"
-    modules = {p.stem for p in package.glob("*.py")}
-    imports = {}
-    for name in modules:
+    names = {p: ".".join(p.relative_to(package).with_suffix("").parts) for p in package.rglob("*.py")}
+    modules = set(names.values())
+
+    def resolve(name: str, node: ast.ImportFrom) -> set[str]:
+        here = name.split(".")[:-1] if not name.endswith("__init__") else name.split(".")[:-1]
+        base = here[:len(here) - (node.level - 1)] if node.level > 1 else here
+        target = [*base, *(node.module.split(".") if node.module else [])]
         found = set()
-        for node in ast.walk(ast.parse((package / f"{name}.py").read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                found |= ({node.module.split(".")[0]} if node.module else
-                          {a.name if a.name in modules else "__init__" for a in node.names})
-        imports[name] = found & modules
+        for alias in node.names:  # "from . import x" may name a module
+            candidate = ".".join([*target, alias.name])
+            found.add(candidate if candidate in modules else ".".join(target) or "__init__")
+        return {f if f in modules else f + ".__init__" for f in found} & modules
+
+    imports = {}
+    for path, name in names.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level >= 1:
+                found |= resolve(name, node)
+        imports[name] = found - {name}
 
     def reaches(start, goal, seen=()):
         return any(m == goal or (m not in seen and reaches(m, goal, (*seen, m))) for m in imports[start])

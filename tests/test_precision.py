@@ -16,6 +16,7 @@ import torch
 
 import kdutils as kd
 from kdutils import distill as D
+from kdutils import precision
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,7 +59,7 @@ def cpu_bf16(monkeypatch):
     """Pretend the CPU has (True) or lacks (False) bf16 matrix units."""
 
     def install(supported: bool):
-        monkeypatch.setattr(D, "cpu_bf16_supported", lambda: supported)
+        monkeypatch.setattr(precision, "cpu_bf16_supported", lambda: supported)
 
     return install
 

@@ -9,6 +9,7 @@ import torch
 import kdutils as kd
 from kdutils import distill as D
 from kdutils import pipeline as P
+from kdutils.distill import runs
 from kdutils.models import student_env_var, trained_student_source
 
 
@@ -152,7 +153,7 @@ def test_the_sampling_notebooks_use_a_named_student_and_never_train(cfg, student
     def no_training(*args, **kwargs):
         raise AssertionError("a named student must not be trained again")
 
-    monkeypatch.setattr(D, "distill", no_training)
+    monkeypatch.setattr(runs, "distill", no_training)
     clean_env.setenv("KDSD_TRAINED_ROBERTA", str(student_dir))
     assert D.ensure_trained(cfg, "roberta") == student_dir
     metrics = D.load_metrics(cfg, "roberta")  # a bare best/ on a Drive: what its checkpoint records
@@ -179,7 +180,7 @@ def test_a_student_from_an_older_course_or_other_settings_is_used_with_a_warning
     assert D.outdated(cfg, current, splits) == []
     old = {**current, "student_padding": "pad"}  # the study's [PAD]
     (run / "metrics.json").write_text(__import__("json").dumps(old))
-    monkeypatch.setattr(D, "distill", lambda *a, **k: pytest.fail("an outdated student is not retrained unasked"))
+    monkeypatch.setattr(runs, "distill", lambda *a, **k: pytest.fail("an outdated student is not retrained unasked"))
     with pytest.warns(UserWarning, match=r"'pad' padding, not 'mask'.*delete"):
         assert D.ensure_trained(cfg, "roberta") == run / "best"
     assert D.outdated(cfg, {**current, "data_fingerprint": "x"}, splits) == ["on other pairs than this profile's splits"]
