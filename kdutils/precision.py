@@ -1,7 +1,7 @@
 """Which precision runs where in training: the student's autocast, the teacher's dtype, the Accelerator.
 
-``auto`` picks bf16 on GPUs and CPUs with bf16 matrix units, fp16 on older GPUs, and fp32 elsewhere;
-the ``tiny`` profile stays in fp32 so that its asserted numbers are the same on every machine.
+``auto`` picks bf16 on GPUs and CPUs with bf16 matrix units, fp16 on older GPUs, and fp32 elsewhere
+(Apple's MPS included); the ``tiny`` profile sets fp32 so that its asserted numbers are the same on every machine.
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import random
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -394,13 +393,14 @@ def get_profile(name: str | None = None, **overrides: Any) -> Profile:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and PyTorch (CPU and CUDA) so reruns give the same numbers."""
-    import numpy as np
-    import torch
+    """Seed Python, NumPy and PyTorch (CPU and every GPU) so reruns give the same numbers.
 
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    Accelerate's ``set_seed`` does the seeding (the same calls the course made by hand);
+    ``PYTHONHASHSEED`` is set for the processes this one starts (notebook kernels, ``accelerate launch``).
+    """
+    from accelerate.utils import set_seed
+
+    set_seed(seed)
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
 
 
