@@ -153,11 +153,8 @@ def _stage_notebook(nb, rel: Path, staged: set[Path], repo: str, branch: str, ro
     for cell in nb.cells:
         if cell.cell_type == "markdown":
             cell.source = relink(cell.source, rel, staged, f"https://github.com/{repo}/blob/{branch}", root)
-        for out in cell.get("outputs", []):
-            data = out.get("data", {})
-            if WIDGET_MIME in data:  # no widget state on a static page: say so instead of an empty box
-                del data[WIDGET_MIME]
-                data["text/plain"] = "(대화형 위젯: 이 사이트에서는 움직이지 않습니다. JupyterLab이나 Colab에서 실행해 보세요.)"
+        if cell.cell_type == "code":
+            cell.outputs = [out for out in map(_static_widget, cell.outputs) if out is not None]
     nb.metadata.pop("widgets", None)  # their state would make the page load the widget manager from a CDN
     stamp = nb.metadata.get("kdsd", {})
     nb.cells.insert(1, nbformat.v4.new_markdown_cell(_banner(rel, stamp, repo, branch)))
@@ -165,6 +162,23 @@ def _stage_notebook(nb, rel: Path, staged: set[Path], repo: str, branch: str, ro
         cell.pop("id", None)
     nb.nbformat_minor = 4
     return nb
+
+
+_PROGRESS = re.compile(r".*\d+%\|")  # tqdm's text for its bar: "UNet:  0%|   | 0/500 [...]"
+WIDGET_NOTE = "(대화형 위젯: 이 사이트에서는 움직이지 않습니다. JupyterLab이나 Colab에서 실행해 보세요.)"
+
+
+def _static_widget(out):
+    """An output as a static page can show it. A widget's state lived in the kernel, so a progress bar
+    (whose text still says 0%) is left out, and any other widget becomes a sentence instead of an empty box."""
+    data = out.get("data", {})
+    if WIDGET_MIME not in data:
+        return out
+    if _PROGRESS.match(data.get("text/plain", "")):
+        return None
+    del data[WIDGET_MIME]
+    data["text/plain"] = WIDGET_NOTE
+    return out
 
 
 def course_map(overview) -> str:

@@ -128,6 +128,18 @@ def test_the_site_command_says_what_to_run_first(tmp_path, capsys):
     assert "no executed copy of notebooks/00_overview.ipynb" in err and "python -m kdutils course" in err
 
 
+def test_widgets_on_a_static_page_progress_bars_go_and_others_say_so():
+    view = {"model_id": "x", "version_major": 2, "version_minor": 0}
+    bar = nbformat.v4.new_output("display_data", data={site.WIDGET_MIME: view, "text/plain": "UNet:   0%|   | 0/500"})
+    ui = nbformat.v4.new_output("display_data", data={site.WIDGET_MIME: view, "text/plain": "VBox(children=(...))"})
+    text = nbformat.v4.new_output("stream", name="stdout", text="done\n")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# t"), nbformat.v4.new_code_cell("x", outputs=[bar, ui, text])])
+    staged = site._stage_notebook(nb, Path("notebooks/00_x.ipynb"), set(), "o/n", "main", ROOT)
+    outputs = staged.cells[-1].outputs
+    assert [o.output_type for o in outputs] == ["display_data", "stream"]
+    assert outputs[0].data == {"text/plain": site.WIDGET_NOTE}
+
+
 # --- the built site, in a browser ----------------------------------------------
 
 @pytest.fixture(scope="module")
