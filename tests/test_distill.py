@@ -122,18 +122,27 @@ def test_best_checkpoint_has_the_lowest_validation_loss(cfg, small_splits):
 
 
 @pytest.mark.slow
-def test_resume_reaches_the_same_weights_and_reruns_are_bit_identical(cfg, small_splits):
-    full = D.distill(cfg, "roberta", small_splits, output_dir=Path(cfg.output_dir) / "full", progress=False)
-    again = D.distill(cfg, "roberta", small_splits, output_dir=Path(cfg.output_dir) / "again", progress=False)
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_a_rerun_and_a_resume_after_a_stop_are_bit_identical(cfg, small_splits, precision):
+    """In fp32 and under forced bf16 autocast (what a GPU user runs): the same run twice gives the same
+    weights, and a run stopped at step 4 and resumed ends where the uninterrupted one did."""
+    run_cfg = cfg.replace(mixed_precision=precision)
+    out = Path(cfg.output_dir) / f"resume-{precision}"
+    full = D.distill(run_cfg, "roberta", small_splits, output_dir=out / "full", progress=False)
+    again = D.distill(run_cfg, "roberta", small_splits, output_dir=out / "again", progress=False)
     assert _sha(full.best_dir) == _sha(again.best_dir)
-    out = Path(cfg.output_dir) / "interrupted"
-    part = D.distill(cfg, "roberta", small_splits, output_dir=out, stop_after=4, progress=False)
-    assert not part.finished and json.loads((out / "last" / "kdsd_meta.json").read_text())["step"] == 4
-    resumed = D.distill(cfg, "roberta", small_splits, output_dir=out, resume=True, progress=False)
+    part = D.distill(run_cfg, "roberta", small_splits, output_dir=out / "cut", stop_after=4, progress=False)
+    assert not part.finished and json.loads((out / "cut" / "last" / "kdsd_meta.json").read_text())["step"] == 4
+    resumed = D.distill(run_cfg, "roberta", small_splits, output_dir=out / "cut", resume=True, progress=False)
     assert resumed.finished and resumed.best_step == full.best_step
     assert _sha(resumed.best_dir) == _sha(full.best_dir)
-    assert _sha(out / "last") == _sha(full.output_dir / "last")
+    assert _sha(out / "cut" / "last") == _sha(full.output_dir / "last")
     assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in full.history]
+    # the checkpoint holds fp32 weights in either case, which export and plain diffusers read as usual
+    from safetensors.torch import load_file
+
+    assert {t.dtype for t in load_file(str(full.best_dir / "model.safetensors")).values()} == {torch.float32}
+    assert json.loads((full.output_dir / "metrics.json").read_text())["mixed_precision"] == precision
 
 
 def test_bad_configurations_fail_clearly(cfg, small_splits, tmp_path):

@@ -174,25 +174,6 @@ def test_bf16_training_keeps_the_notebooks_before_and_after_checks(setting, expe
 
 
 @pytest.mark.slow
-def test_bf16_really_trains_in_bf16_and_resumes_bit_identically(setting):
-    base, splits = setting
-    cfg = base.replace(mixed_precision="bf16")
-    out = Path(cfg.output_dir) / "resume"
-    full = D.distill(cfg, "roberta", splits, output_dir=out / "full", progress=False)
-    fp32 = D.distill(base.replace(mixed_precision="no"), "roberta", splits, output_dir=out / "fp32", progress=False)
-    assert _sha(full.output_dir / "last") != _sha(fp32.output_dir / "last"), "autocast must change the arithmetic"
-    part = D.distill(cfg, "roberta", splits, output_dir=out / "cut", stop_after=4, progress=False)
-    assert not part.finished
-    resumed = D.distill(cfg, "roberta", splits, output_dir=out / "cut", resume=True, progress=False)
-    assert _sha(resumed.best_dir) == _sha(full.best_dir) and _sha(out / "cut" / "last") == _sha(out / "full" / "last")
-    assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in full.history]
-    # the checkpoint holds fp32 weights, which export and plain diffusers read as usual
-    from safetensors.torch import load_file
-
-    assert {t.dtype for t in load_file(str(full.best_dir / "model.safetensors")).values()} == {torch.float32}
-
-
-@pytest.mark.slow
 def test_bf16_keeps_the_best_val_loss_within_5_percent_of_fp32(tmp_path, capsys):
     """The tiny profile's settings (lr 3e-3, batch 16) on 320 pairs, 20 steps: bf16 autocast and a bf16
     teacher against fp32. The precision shows in the log line and metrics.json."""
@@ -206,6 +187,8 @@ def test_bf16_keeps_the_best_val_loss_within_5_percent_of_fp32(tmp_path, capsys)
             for p in ("no", "bf16")}
     fp32, bf16 = runs["no"].best_val_loss, runs["bf16"].best_val_loss
     assert runs["no"].history[0]["val_loss"] > 3 * fp32, "both runs really learn"
+    assert [h["val_loss"] for h in runs["no"].history[1:]] != [h["val_loss"] for h in runs["bf16"].history[1:]], \
+        "bf16 autocast must change the arithmetic"
     assert abs(bf16 - fp32) <= 0.05 * fp32, (bf16, fp32)
     log = capsys.readouterr().out
     assert "student autocast bf16, teacher bfloat16" in log and "student autocast off (fp32), teacher float32" in log
