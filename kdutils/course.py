@@ -78,8 +78,8 @@ def _read(path: str) -> str:
         return ""
 
 
-def _failing_cell(nb) -> tuple[int, str]:
-    """Index (counting code cells from 1) and error line of the first cell with an error output."""
+def failing_cell(nb) -> tuple[int, str]:
+    """Index (counting code cells from 1) and error line of the first cell with an error output; 0 if none."""
     code_index = 0
     for cell in nb.cells:
         if cell.cell_type != "code":
@@ -141,7 +141,7 @@ def run_course(profile: str | None = None, only: list[str] | None = None, timeou
                 client.execute()
             except CellExecutionError:
                 seconds = time.perf_counter() - start
-                cell, error = _failing_cell(nb)
+                cell, error = failing_cell(nb)
                 nbformat.write(nb, out / path.name)
                 results.append(NotebookResult(path.name, "failed", round(seconds, 1), f"cell {cell}: {error}"))
                 raise CourseError(

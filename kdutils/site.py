@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from .colab import ROOT, find_links
-from .course import find_notebooks
+from .course import failing_cell, find_notebooks
 
 SOLUTIONS = Path("notebooks/solutions/solutions.ipynb")
 COURSE_MAP = Path("notebooks/course_map.md")
@@ -63,11 +63,9 @@ def executed_copies(course: Path, root: Path = ROOT, solutions: bool = True, all
             raise MissingCopy(f"no executed copy of {rel} in {course}: run `python -m kdutils course"
                             f"{' --solutions' if rel == SOLUTIONS else ''}` (or the test suite) first")
         nb = nbformat.read(path, as_version=4)
-        errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-                  if o.get("output_type") == "error"]
-        if errors:
-            raise SiteError(f"{path} holds an error ({errors[0].get('ename')}: {errors[0].get('evalue')}): "
-                            f"fix the notebook and run it again")
+        cell, error = failing_cell(nb)
+        if cell:
+            raise SiteError(f"{path} holds an error in code cell {cell} ({error}): fix the notebook and run it again")
         source = nbformat.read(root / rel, as_version=4)
         if _code(nb) == _code(source):  # the text as it is now, the outputs of the run
             outputs = iter([c for c in nb.cells if c.cell_type == "code"])
@@ -198,7 +196,7 @@ def stage(copies: dict, src: Path, root: Path = ROOT, solutions: bool = True) ->
     lessons = [rel for rel in copies if rel != SOLUTIONS]
     repo, branch = repository(root)
     github = f"https://github.com/{repo}/blob/{branch}"
-    staged = set(copies) | {Path("index.md"), COURSE_MAP, GLOSSARY, Path("README.md")}
+    staged = set(copies) | {Path("index.md"), COURSE_MAP, GLOSSARY}
     for rel, nb in copies.items():
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(_stage_notebook(nb, rel, staged, repo, branch, root), src / rel)
