@@ -62,8 +62,9 @@ class Recipe:
 
     @classmethod
     def quick(cls) -> "Recipe":
+        """A few steps of everything, for tests: one thread, which a few small steps do not stall on a busy machine."""
         return cls(images=64, vae_steps=2, vae_batch=8, decoder_steps=2, unet_steps=2, unet_batch=8, scorer_steps=2,
-                   scorer_batch=8)
+                   scorer_batch=8, threads=1)
 
 
 # ------------------------------------------------------------------ the teacher
@@ -452,7 +453,7 @@ class PretrainRecipe:
 
     @classmethod
     def quick(cls) -> "PretrainRecipe":
-        return cls(sentences=300, steps=3, batch=8)
+        return cls(sentences=300, steps=3, batch=8, threads=1)
 
 
 def mask_tokens(ids: torch.Tensor, special: torch.Tensor, tokenizer, rate: float, generator) -> tuple:

@@ -69,3 +69,28 @@ def test_follows_the_template(path):
     later = NOTEBOOKS[NOTEBOOKS.index(path) + 1:]
     assert not later or nexts[0] == later[0].name, f"{path.name} should lead to {later[0].name}"
     assert not any("cfg.name ==" in c or "cfg.name==" in c for c in cells), "sizes come from the profile"
+
+
+def _root_conftest():
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "conftest.py"
+    spec = importlib.util.spec_from_file_location("kdsd_root_conftest", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("path", [*NOTEBOOKS, NOTEBOOKS[0].parent / "solutions" / "solutions.ipynb"],
+                         ids=lambda p: p.name)
+def test_a_notebook_that_reads_a_trained_student_runs_after_the_one_that_trains_it(path):
+    """Under `pytest -n` (two workers) a notebook that uses a trained student must share the worker of the
+    chain 04-10 (which runs in course order) or be 03 itself; anywhere else it could train the same run
+    at the same time as the notebook that owns it, and one of the two would stop at the run's lock."""
+    conftest = _root_conftest()
+    source = "".join("".join(c["source"]) for c in json.loads(path.read_text(encoding="utf-8"))["cells"]
+                     if c["cell_type"] == "code")
+    nodeid = f"{path.relative_to(path.parents[1 if path.parent.name == 'notebooks' else 2]).as_posix()}::Cell 0"
+    scope = conftest._scope(nodeid)
+    if re.search(r"ensure_trained|load_metrics|distill\.distill\(|korean_pipeline\(", source):
+        assert scope == "students" or nodeid.startswith(conftest.FIRST_ON_SECOND_WORKER), (nodeid, scope)

@@ -143,11 +143,9 @@ def test_widgets_on_a_static_page_progress_bars_go_and_others_say_so():
 # --- the built site, in a browser ----------------------------------------------
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def built(tmp_path_factory, executed_copies):
     """The site built from this profile's executed copies (``<output folder>/course``), and its build time."""
-    import kdutils as kd
-
-    course = kd.get_profile().out("course")
+    course = executed_copies
     out = tmp_path_factory.mktemp("site")
     start = time.perf_counter()
     try:
