@@ -261,12 +261,18 @@ def _hub_repo_id(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m kdutils`` parser; choices come from ``PROFILES`` and ``EXPERIMENTS``."""
-    from .colab import BRANCH, ROOT, check_branch, check_repo
-
     profiles = list(PROFILES)
     parser = argparse.ArgumentParser(prog="python -m kdutils", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_course_commands(sub, profiles)
+    _add_training_commands(sub, profiles)
+    _add_bench_command(sub)
+    _add_tool_commands(sub)
+    return parser
 
+
+def _add_course_commands(sub, profiles: list[str]) -> None:
+    """``course`` and ``site``: run the notebooks, build the website from them."""
     course = sub.add_parser("course", help="execute the notebooks in order in one profile")
     course.add_argument("--profile", choices=profiles, help="default: KDSD_PROFILE, else auto")
     course.add_argument("--only", nargs="+", metavar="NN", help="notebook numbers or names, e.g. 03 04")
@@ -286,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="then preview it on http://localhost:PORT (default 8000) until Ctrl-C")
     site.set_defaults(func=_site)
 
+
+def _add_training_commands(sub, profiles: list[str]) -> None:
+    """``train`` and ``export``: a student outside notebooks, and the pipeline it makes."""
     train = sub.add_parser("train", help="distil a student outside notebooks (works under accelerate launch)")
     train.add_argument("--experiment", required=True, choices=EXPERIMENTS)
     train.add_argument("--profile", choices=profiles, help="default: KDSD_PROFILE, else auto")
@@ -310,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo as private")
     export.set_defaults(func=_export)
 
+
+def _add_bench_command(sub) -> None:
+    """``bench``: the engine's training step against the study's loop."""
     bench = sub.add_parser("bench", help="distillation throughput: the engine against the study's loop")
     bench.add_argument("--experiment", nargs="+", choices=EXPERIMENTS, help="default: all")
     bench.add_argument("--device", choices=["cpu", "cuda", "mps"], help="default: cuda, else mps, else cpu")
@@ -333,6 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--phases", action="store_true",
                        help="instead: where the engine's step spends its time (teacher, forward, backward, optimizer)")
     bench.set_defaults(func=_bench)
+
+
+def _add_tool_commands(sub) -> None:
+    """``sizing``, ``tiny`` and ``colab``: the class profile's derivation, the toy world, a fork's links."""
+    from .colab import BRANCH, ROOT, check_branch, check_repo
 
     sizing = sub.add_parser("sizing", help="the class profile's derivation: minutes and GPU memory per notebook "
                                            "(estimates), and a full-size stand-in check on the CPU")
@@ -358,7 +375,6 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"the branch Colab opens and clones (default: {BRANCH})")
     colab.add_argument("--root", type=Path, default=ROOT, help="the clone to rewrite (default: this one)")
     colab.set_defaults(func=_colab)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -404,7 +404,6 @@ def _run_bench(experiments, dev, defaults, batch_size, steps, warmup, repeats, s
                max_spread, peaks, estimate, output, say) -> list[dict]:
     load_before = _load()
     peak = peaks if isinstance(peaks, dict) else (machine_peaks(dev, clock=clock) if peaks else {})
-    pick = 1 if clock == "cpu" else 0
     rows = []
     for experiment in experiments:
         say(f"{experiment}: building both loops")
@@ -412,51 +411,13 @@ def _run_bench(experiments, dev, defaults, batch_size, steps, warmup, repeats, s
         ref = _reference(experiment, batch_size, dev, size)
         eng = _engine(experiment, batch_size, dev, size, precision)
         loops = {"reference": (reference_step, ref), "fast": (fast_step, eng)}
-        step_s = {}
-        for name, (step, state) in loops.items():
-            for _ in range(max(warmup - 1, 0)):
-                step(state)
-            step_s[name] = _timed_block(step, state, 1, dev)[pick]  # the last warm-up step sizes the blocks
-        n_steps = {name: steps or max(defaults["min_steps"], math.ceil(seconds / step_s[name])) for name in loops}
-        times = {name: [] for name in loops}
-        walls = {name: [] for name in loops}
-        for i in range(repeats):
-            order = ("reference", "fast") if i % 2 == 0 else ("fast", "reference")
-            for name in order:
-                step, state = loops[name]
-                measured = _timed_block(step, state, n_steps[name], dev)
-                times[name].append(measured[pick])
-                walls[name].append(measured[0])
-            say(f"{experiment}: repeat {i + 1}/{repeats}: reference {times['reference'][-1]:.2f} s/step, "
-                f"fast {times['fast'][-1]:.2f} s/step ({clock} clock; wall {walls['reference'][-1]:.2f} / "
-                f"{walls['fast'][-1]:.2f})")
-        ratios = [r / f for r, f in zip(times["reference"], times["fast"])]
-        stable, verdict = _verdict(ratios, max_spread)
-        teacher_cfg, student_cfg = ref["teacher"].config, ref["student"].config
-        fast_precision = eng["precision"]
+        n_steps, times, walls = _paired_blocks(experiment, loops, dev, defaults, steps, warmup, repeats, seconds,
+                                               clock, say)
         row = {"experiment": experiment, "device": device_name(dev), "batch_size": batch_size, "repeats": repeats,
                "warmup": warmup, "steps": n_steps, "block_seconds": seconds, "clock": clock,
-               "threads": torch.get_num_threads(),
-               "fast_precision": f"student autocast {fast_precision}, teacher {_dtype_name(eng['teacher_dtype'])}",
-               "reference_precision": "fp32",
-               "reference_pairs_per_s": _spread([batch_size / t for t in times["reference"]]),
-               "fast_pairs_per_s": _spread([batch_size / t for t in times["fast"]]),
-               "reference_wall_pairs_per_s": _spread([batch_size / t for t in walls["reference"]]),
-               "fast_wall_pairs_per_s": _spread([batch_size / t for t in walls["fast"]]),
-               "wall_ratios": [r / f for r, f in zip(walls["reference"], walls["fast"])],
-               "ratios": ratios, "speedup": statistics.median(ratios), "ratio_min": min(ratios),
-               "ratio_max": max(ratios), "stable": stable, "verdict": verdict,
+               "threads": torch.get_num_threads(), **_ratios(times, walls, batch_size, max_spread, eng),
                "peak_gb": _peak_gb(dev)}
-        widths = {"reference": (77, 77), "fast": (eng["teacher_width"] or 77, eng["width"] or 77)}
-        compute = {"reference": "fp32", "fast": {"no": "fp32"}.get(fast_precision, fast_precision)}
-        for name in loops:
-            flops = pair_flops(experiment, teacher_cfg, student_cfg, *widths[name])
-            achieved = flops * row[f"{name}_pairs_per_s"]["median"]
-            row[f"{name}_pair_gflops"] = flops / 1e9
-            row[f"{name}_tflops"] = achieved / 1e12
-            limit = peak.get(compute[name], {}).get("best")
-            row[f"{name}_mfu"] = achieved / (limit * 1e9) if limit else None
-            row[f"{name}_mfu_of"] = compute[name]
+        _add_flops(row, experiment, ref, eng, peak)
         del loops, ref, eng
         if dev.type == "cuda":
             torch.cuda.empty_cache()
@@ -472,6 +433,62 @@ def _run_bench(experiments, dev, defaults, batch_size, steps, warmup, repeats, s
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         Path(output).write_text(json.dumps(rows, indent=2) + "\n")
     return rows
+
+
+def _paired_blocks(experiment, loops, dev, defaults, steps, warmup, repeats, seconds, clock, say):
+    """Warm both loops up, size their blocks, then time ``repeats`` pairs of blocks taking turns at going first.
+
+    Returns the steps per block and, per loop, the seconds per step of each block (on ``clock``) and on the wall.
+    """
+    pick = 1 if clock == "cpu" else 0
+    step_s = {}
+    for name, (step, state) in loops.items():
+        for _ in range(max(warmup - 1, 0)):
+            step(state)
+        step_s[name] = _timed_block(step, state, 1, dev)[pick]  # the last warm-up step sizes the blocks
+    n_steps = {name: steps or max(defaults["min_steps"], math.ceil(seconds / step_s[name])) for name in loops}
+    times = {name: [] for name in loops}
+    walls = {name: [] for name in loops}
+    for i in range(repeats):
+        for name in ("reference", "fast") if i % 2 == 0 else ("fast", "reference"):
+            step, state = loops[name]
+            measured = _timed_block(step, state, n_steps[name], dev)
+            times[name].append(measured[pick])
+            walls[name].append(measured[0])
+        say(f"{experiment}: repeat {i + 1}/{repeats}: reference {times['reference'][-1]:.2f} s/step, "
+            f"fast {times['fast'][-1]:.2f} s/step ({clock} clock; wall {walls['reference'][-1]:.2f} / "
+            f"{walls['fast'][-1]:.2f})")
+    return n_steps, times, walls
+
+
+def _ratios(times: dict, walls: dict, batch_size: int, max_spread: float, eng: dict) -> dict:
+    """Pairs per second of each loop and the paired ratios, with the verdict on their spread."""
+    ratios = [r / f for r, f in zip(times["reference"], times["fast"])]
+    stable, verdict = _verdict(ratios, max_spread)
+    return {"fast_precision": f"student autocast {eng['precision']}, teacher {_dtype_name(eng['teacher_dtype'])}",
+            "reference_precision": "fp32",
+            "reference_pairs_per_s": _spread([batch_size / t for t in times["reference"]]),
+            "fast_pairs_per_s": _spread([batch_size / t for t in times["fast"]]),
+            "reference_wall_pairs_per_s": _spread([batch_size / t for t in walls["reference"]]),
+            "fast_wall_pairs_per_s": _spread([batch_size / t for t in walls["fast"]]),
+            "wall_ratios": [r / f for r, f in zip(walls["reference"], walls["fast"])],
+            "ratios": ratios, "speedup": statistics.median(ratios), "ratio_min": min(ratios),
+            "ratio_max": max(ratios), "stable": stable, "verdict": verdict}
+
+
+def _add_flops(row: dict, experiment: str, ref: dict, eng: dict, peak: dict) -> None:
+    """Each loop's FLOPs per pair, the TFLOP/s it reached and its share of the measured matmul peak (MFU)."""
+    teacher_cfg, student_cfg = ref["teacher"].config, ref["student"].config
+    widths = {"reference": (77, 77), "fast": (eng["teacher_width"] or 77, eng["width"] or 77)}
+    compute = {"reference": "fp32", "fast": {"no": "fp32"}.get(eng["precision"], eng["precision"])}
+    for name in ("reference", "fast"):
+        flops = pair_flops(experiment, teacher_cfg, student_cfg, *widths[name])
+        achieved = flops * row[f"{name}_pairs_per_s"]["median"]
+        row[f"{name}_pair_gflops"] = flops / 1e9
+        row[f"{name}_tflops"] = achieved / 1e12
+        limit = peak.get(compute[name], {}).get("best")
+        row[f"{name}_mfu"] = achieved / (limit * 1e9) if limit else None
+        row[f"{name}_mfu_of"] = compute[name]
 
 
 PHASES = ("teacher", "student forward", "backward", "optimizer")

@@ -100,9 +100,6 @@ def run_course(profile: str | None = None, only: list[str] | None = None, timeou
     last (the course website shows it). Each copy records its run in
     ``metadata.kdsd`` (profile, date, commit, machine).
     """
-    import nbformat
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
     from tqdm.auto import tqdm
 
     from .profiles import get_profile
@@ -124,36 +121,42 @@ def run_course(profile: str | None = None, only: list[str] | None = None, timeou
     try:
         for path in bar:
             bar.set_description(path.stem)
-            nb = nbformat.read(path, as_version=4)
-            n_code = sum(c.cell_type == "code" for c in nb.cells)
-            done = [0]
-
-            def on_cell_complete(cell, cell_index, done=done, n_code=n_code, **_):
-                done[0] += cell.cell_type == "code"
-                bar.set_postfix_str(f"cell {done[0]}/{n_code}")
-
-            client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                                    resources={"metadata": {"path": str(path.parent)}},
-                                    on_cell_complete=on_cell_complete)
-            nb.metadata["kdsd"] = run_stamp(cfg.name, "python -m kdutils course")
-            start = time.perf_counter()
-            try:
-                client.execute()
-            except CellExecutionError:
-                seconds = time.perf_counter() - start
-                cell, error = failing_cell(nb)
-                nbformat.write(nb, out / path.name)
-                results.append(NotebookResult(path.name, "failed", round(seconds, 1), f"cell {cell}: {error}"))
-                raise CourseError(
-                    f"{path.name} failed at code cell {cell}: {error}\n"
-                    f"the executed copy with the traceback is {out / path.name}"
-                ) from None
-            nbformat.write(nb, out / path.name)
-            results.append(NotebookResult(path.name, "ok", round(time.perf_counter() - start, 1)))
+            results.append(_execute(path, out, cfg.name, timeout, bar))
+            if results[-1].status == "failed":
+                raise CourseError(f"{path.name} failed at code {results[-1].error}\n"
+                                  f"the executed copy with the traceback is {out / path.name}")
     finally:
         bar.close()
         _write_summary(out, cfg.name, results)
     return out
+
+
+def _execute(path: Path, out: Path, profile: str, timeout: int, bar) -> "NotebookResult":
+    """Run one notebook in a fresh kernel, write its executed copy to ``out`` (also when a cell fails)."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    nb = nbformat.read(path, as_version=4)
+    n_code = sum(c.cell_type == "code" for c in nb.cells)
+    done = [0]
+
+    def on_cell_complete(cell, cell_index, **_):
+        done[0] += cell.cell_type == "code"
+        bar.set_postfix_str(f"cell {done[0]}/{n_code}")
+
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}}, on_cell_complete=on_cell_complete)
+    nb.metadata["kdsd"] = run_stamp(profile, "python -m kdutils course")
+    start = time.perf_counter()
+    try:
+        client.execute()
+    except CellExecutionError:
+        cell, error = failing_cell(nb)
+        nbformat.write(nb, out / path.name)
+        return NotebookResult(path.name, "failed", round(time.perf_counter() - start, 1), f"cell {cell}: {error}")
+    nbformat.write(nb, out / path.name)
+    return NotebookResult(path.name, "ok", round(time.perf_counter() - start, 1))
 
 
 def _write_summary(out: Path, profile: str, results: list[NotebookResult]) -> None:

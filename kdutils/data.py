@@ -467,11 +467,29 @@ def clean_pairs(ds, *, teacher_tokenizer=None, student_tokenizer=None, max_lengt
     tokens, and (with ``max_ratio``) pairs whose Korean/English length ratio is
     more than ``max_ratio`` times off the median. Raises if nothing is left.
     """
-    report = CleaningReport(rows_in=len(ds))
     fixed: Counter = Counter()
     dropped: Counter = Counter()
+    keep = _normalised_unique(ds["ko"], ds["en"], fixed, dropped)
+    keep = _within_limits(keep, dropped, teacher_tokenizer, student_tokenizer, max_length, max_ratio)
+    if not keep:
+        raise ValueError(f"cleaning removed all {len(ds)} pairs ({dict(dropped)}); check the columns "
+                         f"(ko_col=/en_col=) or loosen max_length/max_ratio")
+    from datasets import Dataset
+
+    kos, ens = [k for _, k, _ in keep], [e for _, _, e in keep]
+    rest = ds.select([i for i, _, _ in keep]).remove_columns(["ko", "en"])
+    if rest.column_names:
+        out = rest.add_column("ko", kos).add_column("en", ens)
+        out = out.select_columns(["ko", "en"] + [c for c in out.column_names if c not in ("ko", "en")])
+    else:  # add_column on a dataset without columns fails (its row count is lost)
+        out = Dataset.from_dict({"ko": kos, "en": ens})
+    fixed = {k: fixed.get(k, 0) for k in ("unicode NFC", "whitespace / zero-width")}
+    return out, CleaningReport(rows_in=len(ds), rows_out=len(out), fixed=fixed, dropped=dict(dropped))
+
+
+def _normalised_unique(kos, ens, fixed: Counter, dropped: Counter) -> list[tuple[int, str, str]]:
+    """``(row, ko, en)`` of the rows with two non-empty sides, normalised, first copy of each pair only."""
     keep, seen = [], set()
-    kos, ens = ds["ko"], ds["en"]
     for i, (ko, en) in enumerate(zip(kos, ens)):
         if ko is None or en is None or not str(ko).strip() or not str(en).strip():
             dropped["null or empty"] += 1
@@ -490,7 +508,12 @@ def clean_pairs(ds, *, teacher_tokenizer=None, student_tokenizer=None, max_lengt
             continue
         seen.add((new_ko, new_en))
         keep.append((i, new_ko, new_en))
+    return keep
 
+
+def _within_limits(keep, dropped: Counter, teacher_tokenizer, student_tokenizer, max_length: int,
+                   max_ratio: float | None) -> list[tuple[int, str, str]]:
+    """The rows of ``keep`` within the token limits and (with ``max_ratio``) the length-ratio limit."""
     def over(tokenizer, texts):
         return [n > max_length for n in token_lengths(tokenizer, texts)]
 
@@ -511,22 +534,7 @@ def clean_pairs(ds, *, teacher_tokenizer=None, student_tokenizer=None, max_lengt
         bad = [max(r / median, median / r) > max_ratio for r in ratios]
         dropped[f"length ratio over {max_ratio}x median"] += sum(bad)
         keep = [k for k, b in zip(keep, bad) if not b]
-    if not keep:
-        raise ValueError(f"cleaning removed all {len(ds)} pairs ({dict(dropped)}); check the columns "
-                         f"(ko_col=/en_col=) or loosen max_length/max_ratio")
-    from datasets import Dataset
-
-    kos, ens = [k for _, k, _ in keep], [e for _, _, e in keep]
-    rest = ds.select([i for i, _, _ in keep]).remove_columns(["ko", "en"])
-    if rest.column_names:
-        out = rest.add_column("ko", kos).add_column("en", ens)
-        out = out.select_columns(["ko", "en"] + [c for c in out.column_names if c not in ("ko", "en")])
-    else:  # add_column on a dataset without columns fails (its row count is lost)
-        out = Dataset.from_dict({"ko": kos, "en": ens})
-    report.rows_out = len(out)
-    report.fixed = {k: fixed.get(k, 0) for k in ("unicode NFC", "whitespace / zero-width")}
-    report.dropped = dict(dropped)
-    return out, report
+    return keep
 
 
 # ------------------------------------------------------------------- splits

@@ -578,7 +578,7 @@ def build_standins(root) -> dict[str, str]:
         (sd / "DONE").write_text("")
     if not (student / "DONE").exists():
         student.mkdir(parents=True, exist_ok=True)
-        tokenizer = tiny._build_student_tokenizer(student)
+        tokenizer = tiny.build_student_tokenizer(student)
         torch.manual_seed(1)
         RobertaModel(RobertaConfig(**KLUE_ROBERTA_SMALL)).save_pretrained(str(student))
         tokenizer.save_pretrained(str(student))
@@ -605,8 +605,6 @@ def standin_check(root, *, num_pairs: int = 160, stop_after: int = 2, experiment
     if clip_bpe_file() is None:
         raise ImportError("the stand-in check needs the real CLIP BPE vocabulary: pip install open-clip-torch")
     from .data import prepare_splits
-    from .distill import distill, tokenize
-    from .models import load_student, load_teacher, load_tokenizers
     from .profiles import PROFILES, get_profile
 
     root = Path(root)
@@ -616,47 +614,17 @@ def standin_check(root, *, num_pairs: int = 160, stop_after: int = 2, experiment
     base = PROFILES["class"]
     common = dict(ids, data_config=None, device="cpu", seed=0)
     # 1. data preparation, every stand-in pair, timed
-    cfg_all = get_profile("class", **common, num_pairs=None, output_dir=str(root / "prep"))
-    t0 = time.perf_counter()
-    splits_all = prepare_splits(cfg_all, rebuild=True)
-    prep_s = time.perf_counter() - t0
-    n_all = sum(len(s) for s in splits_all.values())
-    teacher_tok, student_tok = load_tokenizers(cfg_all)
-    train = splits_all["train"]
-    t0 = time.perf_counter()
-    for tok, texts in ((teacher_tok, train["en"]), (student_tok, train["en"]), (student_tok, train["ko"])):
-        tokenize(tok, texts, MAX_LENGTH)
-    tokenize_s = time.perf_counter() - t0
-    result.update(prep_pairs=n_all, prep_s=round(prep_s, 1), prep_s_per_1k=round(1000 * prep_s / n_all, 2),
-                  tokenize_pairs=len(train), tokenize_s_per_1k=round(1000 * tokenize_s / len(train), 2))
-    say(f"data: {n_all} pairs prepared in {prep_s:.1f} s; tokenising {len(train)} training pairs "
-        f"for three encoders took {tokenize_s:.1f} s")
+    result.update(_standin_data(get_profile("class", **common, num_pairs=None, output_dir=str(root / "prep")), say))
     # 2. the class profile's training at full size
     full_train = split_sizes(base.num_pairs)["train"]
-    cache = teacher_cache_path(full_train) == "cached on the GPU"
     result["class_teacher_cache"] = teacher_cache_path(full_train)
     cfg = get_profile("class", **common, num_pairs=num_pairs, output_dir=str(root / "run"),
                       eval_every=max(1, stop_after))
     splits = prepare_splits(cfg, rebuild=True)
     result["run_pairs"] = {k: len(v) for k, v in splits.items()}
-    runs = {}
-    for experiment in experiments:
-        t0 = time.perf_counter()
-        models = (*load_teacher(cfg, device="cpu"), *load_student(cfg, experiment))
-        first = distill(cfg, experiment, splits, models=models, stop_after=stop_after, cache_teacher=cache,
-                        progress=False)
-        assert not first.finished and (first.output_dir / "last").is_dir(), "stopped early with last/ saved"
-        models = (*load_teacher(cfg, device="cpu"), *load_student(cfg, experiment))
-        done = distill(cfg, experiment, splits, models=models, resume=True, cache_teacher=cache, progress=False)
-        assert done.finished and done.test_metrics is not None and (done.best_dir / "model.safetensors").exists()
-        history = [h["step"] for h in done.history]
-        assert history[0] == 0 and history[-1] == max(history) > stop_after, history
-        runs[experiment] = {"steps": history[-1], "evaluated_at": history, "best_step": done.best_step,
-                            "val_loss_step0": round(done.history[0]["val_loss"], 3),
-                            "test_val_loss": round(done.test_metrics["val_loss"], 3),
-                            "seconds": round(time.perf_counter() - t0, 1)}
-        say(f"{experiment}: {runs[experiment]}")
-    result["runs"] = runs
+    cache = result["class_teacher_cache"] == "cached on the GPU"
+    result["runs"] = {experiment: _standin_run(cfg, experiment, splits, stop_after, cache, say)
+                      for experiment in experiments}
     # 3. the training step's GPU memory at the class's batch, counted again for the smallest student
     from .bench import estimate_gpu_memory
 
@@ -669,3 +637,50 @@ def standin_check(root, *, num_pairs: int = 160, stop_after: int = 2, experiment
     result["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
+
+
+def _standin_data(cfg_all, say) -> dict:
+    """Prepare every stand-in pair and tokenise the training pairs for the three encoders, timed."""
+    import time
+
+    from .data import prepare_splits
+    from .distill import tokenize
+    from .models import load_tokenizers
+
+    t0 = time.perf_counter()
+    splits_all = prepare_splits(cfg_all, rebuild=True)
+    prep_s = time.perf_counter() - t0
+    n_all = sum(len(s) for s in splits_all.values())
+    teacher_tok, student_tok = load_tokenizers(cfg_all)
+    train = splits_all["train"]
+    t0 = time.perf_counter()
+    for tok, texts in ((teacher_tok, train["en"]), (student_tok, train["en"]), (student_tok, train["ko"])):
+        tokenize(tok, texts, MAX_LENGTH)
+    tokenize_s = time.perf_counter() - t0
+    say(f"data: {n_all} pairs prepared in {prep_s:.1f} s; tokenising {len(train)} training pairs "
+        f"for three encoders took {tokenize_s:.1f} s")
+    return dict(prep_pairs=n_all, prep_s=round(prep_s, 1), prep_s_per_1k=round(1000 * prep_s / n_all, 2),
+                tokenize_pairs=len(train), tokenize_s_per_1k=round(1000 * tokenize_s / len(train), 2))
+
+
+def _standin_run(cfg, experiment: str, splits, stop_after: int, cache: bool, say) -> dict:
+    """One experiment at the class's settings: stopped after ``stop_after`` steps, resumed to the end."""
+    import time
+
+    from .distill import distill
+    from .models import load_student, load_teacher
+
+    t0 = time.perf_counter()
+    models = (*load_teacher(cfg, device="cpu"), *load_student(cfg, experiment))
+    first = distill(cfg, experiment, splits, models=models, stop_after=stop_after, cache_teacher=cache, progress=False)
+    assert not first.finished and (first.output_dir / "last").is_dir(), "stopped early with last/ saved"
+    models = (*load_teacher(cfg, device="cpu"), *load_student(cfg, experiment))
+    done = distill(cfg, experiment, splits, models=models, resume=True, cache_teacher=cache, progress=False)
+    assert done.finished and done.test_metrics is not None and (done.best_dir / "model.safetensors").exists()
+    history = [h["step"] for h in done.history]
+    assert history[0] == 0 and history[-1] == max(history) > stop_after, history
+    run = {"steps": history[-1], "evaluated_at": history, "best_step": done.best_step,
+           "val_loss_step0": round(done.history[0]["val_loss"], 3),
+           "test_val_loss": round(done.test_metrics["val_loss"], 3), "seconds": round(time.perf_counter() - t0, 1)}
+    say(f"{experiment}: {run}")
+    return run

@@ -467,6 +467,33 @@ def mask_tokens(ids: torch.Tensor, special: torch.Tensor, tokenizer, rate: float
     return torch.where(chosen & (roll >= 0.9), random_ids, inputs), labels
 
 
+def _masked_lm_steps(model, tokenizer, encoded: list[list[int]], recipe: PretrainRecipe, progress: bool) -> list[float]:
+    """``recipe.steps`` masked-LM steps on random batches of ``encoded`` sentences; the losses."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=1e-4)
+    generator = torch.Generator().manual_seed(recipe.seed + 15)
+    losses = []
+    bar = _bar(recipe.steps, "pretraining (masked LM)", progress)
+    for step in bar:
+        _cosine_lr(optimizer, step, recipe.steps, recipe.lr, warmup=min(200, recipe.steps // 10 + 1))
+        rows = [encoded[i] for i in torch.randint(len(encoded), (recipe.batch,), generator=generator).tolist()]
+        width = max(map(len, rows))
+        ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])
+        mask = ids != tokenizer.pad_token_id
+        special = ~mask | (ids == tokenizer.cls_token_id) | (ids == tokenizer.sep_token_id)
+        inputs, labels = mask_tokens(ids, special, tokenizer, recipe.mask_rate, generator)
+        hidden = model.roberta(input_ids=inputs, attention_mask=mask.long())[0]
+        chosen = labels != -100  # the vocabulary-wide head only where a token is to be predicted: 7x less work
+        loss = F.cross_entropy(model.lm_head(hidden[chosen]), labels[chosen])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    return losses
+
+
 def pretrain_student(output: str | Path = ASSETS / "roberta-small", recipe: PretrainRecipe = PretrainRecipe(),
                      progress: bool = True) -> dict:
     """Learn a WordPiece vocabulary from the Korean corpus and pretrain the tiny RoBERTa on it (masked LM).
@@ -491,28 +518,7 @@ def pretrain_student(output: str | Path = ASSETS / "roberta-small", recipe: Pret
         torch.manual_seed(recipe.seed + 4)
         model = RobertaForMaskedLM(student_config(tokenizer)).train()
         model.roberta.load_state_dict(blank_student(tokenizer).state_dict(), strict=False)  # the blank student's start
-        optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=1e-4)
-        generator = torch.Generator().manual_seed(recipe.seed + 15)
-        losses = []
-        bar = _bar(recipe.steps, "pretraining (masked LM)", progress)
-        for step in bar:
-            _cosine_lr(optimizer, step, recipe.steps, recipe.lr, warmup=min(200, recipe.steps // 10 + 1))
-            rows = [encoded[i] for i in torch.randint(len(encoded), (recipe.batch,), generator=generator).tolist()]
-            width = max(map(len, rows))
-            ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])
-            mask = ids != tokenizer.pad_token_id
-            special = ~mask | (ids == tokenizer.cls_token_id) | (ids == tokenizer.sep_token_id)
-            inputs, labels = mask_tokens(ids, special, tokenizer, recipe.mask_rate, generator)
-            hidden = model.roberta(input_ids=inputs, attention_mask=mask.long())[0]
-            chosen = labels != -100  # the vocabulary-wide head only where a token is to be predicted: 7x less work
-            loss = F.cross_entropy(model.lm_head(hidden[chosen]), labels[chosen])
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            if step % 50 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}")
+        losses = _masked_lm_steps(model, tokenizer, encoded, recipe, progress)
         encoder = blank_student(tokenizer)
         missing = encoder.load_state_dict(model.roberta.state_dict(), strict=False).missing_keys
         assert all(key.startswith("pooler.") for key in missing), missing

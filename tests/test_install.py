@@ -108,3 +108,18 @@ def test_kdutils_has_no_import_circle():
 
     circles = sorted(name for name in modules if reaches(name, name))
     assert not circles, f"modules in an import circle: {circles}"
+
+
+MAX_FUNCTION_LINES = 60  # docstring included: a reader sees a function whole on one screen
+
+
+def test_no_kdutils_function_is_longer_than_a_screen():
+    """Issue 24's limit: every function of kdutils, docstring included, fits in ``MAX_FUNCTION_LINES`` lines."""
+    long = []
+    for path in sorted((ROOT / "kdutils").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, "split these functions: " + ", ".join(long)

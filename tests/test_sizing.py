@@ -152,3 +152,33 @@ def test_the_readme_tables_come_from_the_derivation(cfg):
         want = [f"{h[1]:.1f}–{h[0]:.1f}" for h in (sizing.paper_hours(PROFILES["paper"], e, name)
                                                   for e in ("clip", "roberta", "roberta_pooler"))]
         assert row == want, (gpu, row, want)
+
+
+@pytest.mark.slow
+def test_the_standin_check_builds_its_models_and_pairs(tmp_path, monkeypatch):
+    """`sizing --check`'s first stage (it called a function of tiny.py by an old name and stopped there).
+
+    Small model configs and a small merges file stand in for the full-size ones; the code path is the same.
+    """
+    import gzip
+
+    from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, RobertaModel
+
+    from kdutils import bench
+
+    bpe = tmp_path / "bpe.txt.gz"
+    with gzip.open(bpe, "wt", encoding="utf-8") as f:
+        f.write("#version: 0.2\n" + "\n".join(["t h", "th e</w>", "r e", "re d</w>", "c a", "ca t</w>"]))  # no final newline: the slice takes every line
+    monkeypatch.setattr(sizing, "clip_bpe_file", lambda: bpe)
+    monkeypatch.setattr(bench, "CLIP_L14_TEXT", dict(bench.TINY_TEXT, vocab_size=49408, pad_token_id=49407,
+                                                     bos_token_id=49406, eos_token_id=49407))
+    monkeypatch.setattr(bench, "KLUE_ROBERTA_SMALL", bench.TINY_ROBERTA)
+    ids = sizing.build_standins(tmp_path / "standins")
+    teacher = CLIPTokenizer.from_pretrained(ids["sd_id"], subfolder="tokenizer")
+    assert teacher("the red cat").input_ids[0] == teacher.bos_token_id
+    CLIPTextModel.from_pretrained(ids["sd_id"], subfolder="text_encoder")
+    student = AutoTokenizer.from_pretrained(ids["student_id"])
+    assert student("빨간 고양이").input_ids[0] == student.cls_token_id
+    RobertaModel.from_pretrained(ids["student_id"])
+    header, *rows = (tmp_path / "standins" / "pairs.tsv").read_text(encoding="utf-8").splitlines()
+    assert header == "ko\ten" and len(rows) > 1000
