@@ -170,7 +170,12 @@ def test_bf16_training_keeps_the_notebooks_before_and_after_checks(setting, expe
     with torch.no_grad():
         out = D.encode(student, tokens.ids, tokens.mask)[0]
     assert out.dtype == torch.float32
-    assert result.best_val_loss < before["val_loss"], "bf16 training still learns"
+    # the checkpoint is saved in fp32, as an fp32 run saves it, so export and plain diffusers read it the same way
+    # (tests/test_pipeline.py); that bf16 learns as well as fp32 is test_bf16_keeps_the_best_val_loss_within_5_percent_of_fp32
+    from safetensors.torch import load_file
+
+    saved = load_file(str(result.best_dir / "model.safetensors"))
+    assert saved and all(t.dtype == torch.float32 for t in saved.values())
 
 
 @pytest.mark.slow
@@ -194,23 +199,6 @@ def test_bf16_keeps_the_best_val_loss_within_5_percent_of_fp32(tmp_path, capsys)
     assert "student autocast bf16, teacher bfloat16" in log and "student autocast off (fp32), teacher float32" in log
     meta = json.loads((tmp_path / "bf16" / "metrics.json").read_text())
     assert (meta["mixed_precision"], meta["teacher_dtype"]) == ("bf16", "bfloat16")
-
-
-@pytest.mark.slow
-def test_a_bf16_student_exports_and_reloads_with_plain_diffusers(setting, tmp_path):
-    from diffusers import StableDiffusionPipeline
-
-    base, splits = setting
-    cfg = base.replace(mixed_precision="bf16")
-    result = D.distill(cfg, "roberta", splits, output_dir=Path(cfg.output_dir) / "export", progress=False)
-    pipe = kd.pipeline.korean_pipeline(cfg, result.best_dir)
-    folder = kd.pipeline.export_pipeline(cfg, result.best_dir, tmp_path / "exported")
-    with kd.pipeline.quiet_encoder_swap():
-        reloaded = StableDiffusionPipeline.from_pretrained(str(folder))
-    latents = kd.pipeline.fixed_latents(pipe, cfg, 1)
-    here = pipe(["빨간 사과"], latents=latents, num_inference_steps=2, output_type="np").images[0]
-    there = reloaded(["빨간 사과"], latents=latents, num_inference_steps=2, output_type="np").images[0]
-    assert (here == there).all()
 
 
 # ---------------------------------------------- notebooks 03-05 under bf16
