@@ -132,11 +132,11 @@ def _export(args: argparse.Namespace) -> int:
 def _sizing(args: argparse.Namespace) -> int:
     import json
 
-    from . import sizing
+    from . import sizing, standins
 
     if args.check:
         try:
-            result = sizing.standin_check(args.check)
+            result = standins.standin_check(args.check)
         except ImportError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1

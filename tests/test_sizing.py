@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from kdutils import sizing
+from kdutils import sizing, standins
 from kdutils.profiles import PROFILES
 
 
@@ -96,7 +96,7 @@ def test_the_derivation_prints_and_says_it_is_an_estimate(cfg, capsys):
 def test_the_stand_in_check_needs_the_real_clip_vocabulary(monkeypatch, tmp_path, capsys):
     from kdutils.__main__ import main
 
-    monkeypatch.setattr(sizing, "clip_bpe_file", lambda: None)
+    monkeypatch.setattr(standins, "clip_bpe_file", lambda: None)
     assert main(["sizing", "--check", str(tmp_path)]) == 1
     assert "open-clip-torch" in capsys.readouterr().err
 
@@ -169,11 +169,11 @@ def test_the_standin_check_builds_its_models_and_pairs(tmp_path, monkeypatch):
     bpe = tmp_path / "bpe.txt.gz"
     with gzip.open(bpe, "wt", encoding="utf-8") as f:
         f.write("#version: 0.2\n" + "\n".join(["t h", "th e</w>", "r e", "re d</w>", "c a", "ca t</w>"]))  # no final newline: the slice takes every line
-    monkeypatch.setattr(sizing, "clip_bpe_file", lambda: bpe)
+    monkeypatch.setattr(standins, "clip_bpe_file", lambda: bpe)
     monkeypatch.setattr(bench, "CLIP_L14_TEXT", dict(bench.TINY_TEXT, vocab_size=49408, pad_token_id=49407,
                                                      bos_token_id=49406, eos_token_id=49407))
     monkeypatch.setattr(bench, "KLUE_ROBERTA_SMALL", bench.TINY_ROBERTA)
-    ids = sizing.build_standins(tmp_path / "standins")
+    ids = standins.build_standins(tmp_path / "standins")
     teacher = CLIPTokenizer.from_pretrained(ids["sd_id"], subfolder="tokenizer")
     assert teacher("the red cat").input_ids[0] == teacher.bos_token_id
     CLIPTextModel.from_pretrained(ids["sd_id"], subfolder="text_encoder")
