@@ -100,3 +100,14 @@ def make_accelerator(device, precision: str):
     if AcceleratorState._shared_state.get("_mixed_precision", precision) != precision:
         AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(cpu=torch.device(device).type == "cpu", mixed_precision=precision)
+
+
+def sampling_dtype(device: str) -> torch.dtype:
+    """The sampling dtype: fp16 on CUDA, fp32 on Apple's MPS and on the CPU.
+
+    MPS stays in fp32, the dtype diffusers' own MPS guide runs SD in (with
+    attention slicing under 64 GB of memory): every MPS device computes fp32,
+    while how fp16 behaves there depends on the torch and macOS versions, and
+    no Mac was at hand to check it. The CPU samples in fp32 as before.
+    """
+    return torch.float16 if torch.device(device).type == "cuda" else torch.float32

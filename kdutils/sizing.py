@@ -92,7 +92,7 @@ MEASURED = {
     "train_base_gib": {"clip": 1.60, "roberta": 0.99, "roberta_pooler": 0.99},
     "train_peak_gib": {"clip": 3.89, "roberta": 2.52, "roberta_pooler": 1.66},
     # SD v1.4 at 512 px in 16 bits: the UNet's activations for one call at batch 4 (2 prompts x CFG) with
-    # sliced attention (pipeline._fit_memory turns it on under 16 GB), the VAE's for one image (sliced decoding)
+    # sliced attention (sampling_memory.fit_memory turns it on under 16 GB), the VAE's for one image (sliced decoding)
     "unet_act_gib_b4": 0.37,  # 2.11 without slicing (materialised attention scores)
     "vae_decode_act_gib": 0.38,
     "vae_encode_act_gib": 0.31,

@@ -31,7 +31,7 @@ def measure_sampling(image_size: int = 512, unet_batch: int = 4) -> dict[str, fl
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**SD_UNET).to(torch.bfloat16).eval()
     vae = AutoencoderKL(**SD_VAE).to(torch.bfloat16).eval()
-    # what pipeline._fit_memory turns on under 16 GB; its matmuls are also what torch's FLOP counter sees (it
+    # what sampling_memory.fit_memory turns on under 16 GB; its matmuls are also what torch's FLOP counter sees (it
     # misses the CPU's fused attention kernel: 677 instead of 803 GFLOP a UNet call)
     unet.set_attention_slice("auto")
     side = image_size // 8

@@ -14,6 +14,7 @@ import kdutils as kd
 from kdutils import distill as D
 from kdutils import metrics as M
 from kdutils import pipeline as P
+from kdutils import sampling_memory as SM
 
 
 @pytest.fixture(scope="module")
@@ -271,7 +272,7 @@ def test_cuda_slices_attention_only_when_the_estimate_does_not_fit(monkeypatch, 
     props = types.SimpleNamespace(total_memory=gib * 1024 ** 3)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index=0: props)
     pipe = _FakePipe()
-    P._fit_memory(pipe, "cuda", 512, batch)
+    SM.fit_memory(pipe, "cuda", 512, batch)
     assert pipe.calls == (["vae", "attention"] if sliced else ["vae"])
 
 
@@ -288,9 +289,9 @@ def test_the_sampling_estimate_adds_up_and_grows_with_the_batch():
 
 @pytest.mark.parametrize("device, gib, sliced", [("mps", 16, True), ("mps", 96, False), ("cpu", 16, False)])
 def test_apple_gpus_under_64_gb_slice_attention(monkeypatch, device, gib, sliced):
-    monkeypatch.setattr(P, "_memory_bytes", lambda: gib * 1024 ** 3)
+    monkeypatch.setattr(SM, "memory_bytes", lambda: gib * 1024 ** 3)
     pipe = _FakePipe()
-    P._fit_memory(pipe, device)
+    SM.fit_memory(pipe, device)
     assert pipe.calls == (["vae", "attention"] if sliced else ["vae"])
 
 

@@ -108,9 +108,10 @@ def test_apple_gpus_are_picked_and_get_precisions_mps_supports(monkeypatch):
     assert kd.get_profile("tiny", device="cpu").torch_device == "cpu"  # an explicit device wins
     assert D.mixed_precision("mps", "auto") == "no"  # training in fp32, which every MPS device runs
     assert D.teacher_dtype("mps", D.mixed_precision("mps")) == torch.float32
-    from kdutils.pipeline import _dtype
+    from kdutils.precision import sampling_dtype
 
-    assert _dtype("mps") == torch.float32 and _dtype("cuda") == torch.float16 and _dtype("cpu") == torch.float32
+    assert sampling_dtype("mps") == torch.float32 and sampling_dtype("cuda") == torch.float16
+    assert sampling_dtype("cpu") == torch.float32
     from kdutils.profiles import auto_device  # what the bench and every profile pick
 
     assert auto_device() == "mps"
