@@ -165,8 +165,8 @@ def resume_state(run: Run) -> TrainState:
         state = TrainState(saved["step"], saved["best_val"], saved["best_step"], saved["history"], saved["train_log"])
         where = f"{last} at step {state.step}/{run.total_steps}"
     elif metrics_file.exists():
-        metrics = read_json(metrics_file, f"without last/ the run cannot rewrite it; train again with overwrite=True "
-                                          f"(--overwrite), or into another folder")
+        metrics = read_json(metrics_file, "without last/ the run cannot rewrite it; train again with overwrite=True "
+                                          "(--overwrite), or into another folder")
         notes = resume_settings(metrics, run.meta, metrics_file)
         state = TrainState(run.total_steps, metrics["best_val_loss"], metrics["best_step"], metrics["history"],
                            metrics["train_log"])
