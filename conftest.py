@@ -81,14 +81,21 @@ def _is_notebook(item) -> bool:
 def pytest_collection_modifyitems(config, items):
     """Notebook cells and browser tests are slow (``pytest -m "not slow"`` leaves them out); the browser tests
     of the website read the notebooks' executed copies, so they run last. Under xdist the chain of
-    notebooks comes first, then notebook 03, so that the two workers start with them."""
+    notebooks comes first, then notebook 03, so that the two workers start with them, then the other
+    notebooks (11, the longest, among them), then the unit tests, which either worker takes when free."""
     for item in items:
         if _is_notebook(item) or item.get_closest_marker("browser"):
             item.add_marker(pytest.mark.slow)
     items.sort(key=lambda item: item.get_closest_marker("browser") is not None)  # a stable sort keeps the rest
-    if os.environ.get("PYTEST_XDIST_WORKER"):  # the order in which the two workers start their work
-        first = {"students": 0, FIRST_ON_SECOND_WORKER: 1}
-        items.sort(key=lambda item: first.get(_scope(item.nodeid), 2))
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the order in which the two workers take their work
+        def rank(item):
+            scope = _scope(item.nodeid)
+            if scope == "students":
+                return 0
+            if scope == FIRST_ON_SECOND_WORKER:
+                return 1
+            return 2 if _is_notebook(item) else 3  # the other notebooks next, so the website never waits long
+        items.sort(key=rank)
 
 
 _STARTED = pytest.StashKey[float]()

@@ -212,8 +212,9 @@ def test_distillation_notebooks_pass_with_bf16_forced(tmp_path):
     distils a blank student and draws seven rows of 48 images (170 s in fp32), so the suite runs 03 here.
     04's and 05's engine path under bf16 is covered by test_bf16_training_keeps_the_notebooks_before_and_after_checks.
     """
-    # 2 of tiny's 8 epochs: the precision checks hold from the first steps, and the suite stays near its 10 minutes
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}, "KDSD_MIXED_PRECISION": "bf16", "KDSD_OUTPUT_DIR": str(tmp_path / "outputs"), "KDSD_NUM_EPOCHS": "2"}
+    # 1 of tiny's 8 epochs: the precision checks hold from the first steps, and 03's tiny asserts with room
+    # (best val loss at 0.15 of step 0's, asked <= 0.5; Korean cosine +0.40, asked > 0.2; 2026-12-06)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}, "KDSD_MIXED_PRECISION": "bf16", "KDSD_OUTPUT_DIR": str(tmp_path / "outputs"), "KDSD_NUM_EPOCHS": "1"}
     notebooks = [str(ROOT / "notebooks" / "03_distill_clip.ipynb")]
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", "--rootdir", str(ROOT),
                           *notebooks], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
