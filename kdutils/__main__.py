@@ -172,7 +172,7 @@ def _bench(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from .bench import format_phases, format_table, run_bench, step_phases
+    from .bench import BenchSettings, format_phases, format_table, run_bench, step_phases
     from .profiles import auto_device, output_root
 
     device = args.device or auto_device()
@@ -188,10 +188,10 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"median ms per phase of the engine's step; JSON: {output}")
         return 0
     output = Path(args.output) if args.output else output_root() / "bench" / f"bench_{device}.json"
-    rows = run_bench(experiments, device=device, batch_size=args.batch_size, steps=args.steps,
-                     warmup=args.warmup, repeats=args.repeats, seconds=args.seconds, precision=args.precision,
-                     threads=args.threads, clock=args.clock,
-                     max_spread=args.max_spread, output=output,
+    settings = BenchSettings.make(device, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
+                                  repeats=args.repeats, seconds=args.seconds, precision=args.precision,
+                                  threads=args.threads, clock=args.clock, max_spread=args.max_spread)
+    rows = run_bench(experiments, settings, output=output,
                      progress=lambda text: print(text, file=sys.stderr, flush=True))
     print(format_table(rows))
     print(f"JSON: {output}")

@@ -120,3 +120,14 @@ def test_phases_cover_the_engine_step_and_the_cli_writes_them(tmp_path):
     (row,) = json.loads(out.read_text())
     assert row["experiment"] == "roberta_pooler" and set(bench.PHASES) <= set(row)
     assert "optimizer" in bench.format_phases([row])
+
+
+def test_bench_settings_fill_the_device_defaults_and_refuse_a_cpu_clock_off_the_cpu():
+    cpu = bench.BenchSettings.make("cpu")
+    assert (cpu.batch_size, cpu.threads, cpu.clock, cpu.min_steps, cpu.estimate) == (8, 1, "cpu", 2, True)
+    gpu = bench.BenchSettings.make("cuda", batch_size=16)
+    assert (gpu.batch_size, gpu.threads, gpu.clock, gpu.min_steps, gpu.estimate) == (16, None, "wall", 10, False)
+    with pytest.raises(ValueError, match="'cpu' only on a CPU"):
+        bench.BenchSettings.make("cuda", clock="cpu")
+    with pytest.raises(TypeError, match="settings or its fields"):
+        bench.run_bench(["roberta"], cpu, batch_size=4)

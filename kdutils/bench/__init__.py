@@ -21,8 +21,8 @@ from .loops import (  # noqa: F401 (kd.bench.* as before)
     fast_step, reference_step,
 )
 from .measure import (  # noqa: F401 (kd.bench.* as before)
-    CLOCKS, CPU_DEFAULTS, GPU_DEFAULTS, MAX_SPREAD, PHASES, _verdict, forward_flops, machine_peaks, matmul_peak,
-    pair_flops, peak_dtypes, run_bench, step_phases,
+    BenchSettings, CLOCKS, CPU_DEFAULTS, GPU_DEFAULTS, MAX_SPREAD, PHASES, _verdict, forward_flops,
+    machine_peaks, matmul_peak, pair_flops, peak_dtypes, run_bench, step_phases,
 )
 from .memory import (  # noqa: F401 (kd.bench.* as before)
     LiveTensorBytes, estimate_gpu_memory,

@@ -7,6 +7,7 @@ import math
 import os
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -154,15 +155,51 @@ MAX_SPREAD = 0.10
 CLOCKS = ("cpu", "wall")
 
 
-def run_bench(experiments=("clip", "roberta", "roberta_pooler"), *, device: str | None = None,
-              batch_size: int | None = None, steps: int | None = None, warmup: int | None = None,
-              repeats: int | None = None, seconds: float | None = None, precision: str = "auto",
-              threads: int | None = None, clock: str | None = None,
-              size: str = "full", max_spread: float = MAX_SPREAD, peaks: bool | dict = True,
-              estimate: bool | None = None,
-              output: str | Path | None = None, progress=None) -> list[dict]:
+@dataclass(frozen=True)
+class BenchSettings:
+    """How one bench run measures: every setting in one place, the device's defaults filled in and checked.
+
+    ``steps`` per timed block, or (``None``) as many as ``seconds`` takes, at least ``min_steps``; ``threads``
+    torch threads (``None``: torch's own); ``estimate``: add the GPU memory counted on the CPU to each row.
+    """
+
+    device: torch.device
+    batch_size: int
+    steps: int | None
+    warmup: int
+    repeats: int
+    seconds: float
+    min_steps: int
+    precision: str
+    threads: int | None
+    clock: str
+    size: str
+    max_spread: float
+    estimate: bool
+
+    @classmethod
+    def make(cls, device: str | None = None, *, batch_size: int | None = None, steps: int | None = None,
+             warmup: int | None = None, repeats: int | None = None, seconds: float | None = None,
+             precision: str = "auto", threads: int | None = None, clock: str | None = None, size: str = "full",
+             max_spread: float = MAX_SPREAD, estimate: bool | None = None) -> "BenchSettings":
+        """The settings given, the rest from ``CPU_DEFAULTS`` or ``GPU_DEFAULTS``; a CPU clock off a CPU is refused."""
+        dev = torch.device(device or auto_device())
+        defaults = GPU_DEFAULTS if dev.type in ("cuda", "mps") else CPU_DEFAULTS
+        clock = clock or defaults["clock"]
+        if clock not in CLOCKS or (clock == "cpu" and dev.type != "cpu"):
+            raise ValueError(f"clock must be one of {CLOCKS} ('cpu' only on a CPU), not {clock!r}")
+        return cls(device=dev, batch_size=batch_size or defaults["batch_size"], steps=steps,
+                   warmup=defaults["warmup"] if warmup is None else warmup, repeats=repeats or defaults["repeats"],
+                   seconds=seconds or defaults["seconds"], min_steps=defaults["min_steps"], precision=precision,
+                   threads=threads or defaults["threads"], clock=clock, size=size, max_spread=max_spread,
+                   estimate=dev.type == "cpu" if estimate is None else estimate)
+
+
+def run_bench(experiments=("clip", "roberta", "roberta_pooler"), settings: BenchSettings | None = None, *,
+              peaks: bool | dict = True, output: str | Path | None = None, progress=None, **given) -> list[dict]:
     """Both loops per experiment, interleaved, with the spread of their ratio; writes JSON if ``output``.
 
+    ``settings`` (:class:`BenchSettings`), or its fields as keywords (``device=``, ``batch_size=``, ...).
     Both loops' models stay in memory. After ``warmup`` steps of each, each
     repeat times a block of reference steps and a block of engine steps back
     to back, taking turns at going first (ABBA), and the ratio of the two is
@@ -185,51 +222,41 @@ def run_bench(experiments=("clip", "roberta", "roberta_pooler"), *, device: str 
     get ``gpu_estimate_peak_gb`` (``estimate_gpu_memory`` at batch 32) unless
     ``estimate=False``.
     """
-    dev = torch.device(device or auto_device())
-    defaults = GPU_DEFAULTS if dev.type in ("cuda", "mps") else CPU_DEFAULTS
-    batch_size = batch_size or defaults["batch_size"]
-    warmup = defaults["warmup"] if warmup is None else warmup
-    repeats = repeats or defaults["repeats"]
-    seconds = seconds or defaults["seconds"]
-    estimate = dev.type == "cpu" if estimate is None else estimate
-    clock = clock or defaults["clock"]
-    if clock not in CLOCKS or (clock == "cpu" and dev.type != "cpu"):
-        raise ValueError(f"clock must be one of {CLOCKS} ('cpu' only on a CPU), not {clock!r}")
-    threads = threads or defaults["threads"]
+    if settings is not None and given:
+        raise TypeError(f"pass settings or its fields, not both: {sorted(given)}")
+    s = settings or BenchSettings.make(**given)
     saved_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
+    if s.threads:
+        torch.set_num_threads(s.threads)
     try:
-        return _run_bench(experiments, dev, defaults, batch_size, steps, warmup, repeats, seconds, precision, clock,
-                          size, max_spread, peaks, estimate, output, progress or (lambda text: None))
+        return _run_bench(experiments, s, peaks, output, progress or (lambda text: None))
     finally:
         torch.set_num_threads(saved_threads)
 
 
-def _run_bench(experiments, dev, defaults, batch_size, steps, warmup, repeats, seconds, precision, clock, size,
-               max_spread, peaks, estimate, output, say) -> list[dict]:
+def _run_bench(experiments, s: BenchSettings, peaks, output, say) -> list[dict]:
     load_before = _load()
-    peak = peaks if isinstance(peaks, dict) else (machine_peaks(dev, clock=clock) if peaks else {})
+    dev = s.device
+    peak = peaks if isinstance(peaks, dict) else (machine_peaks(dev, clock=s.clock) if peaks else {})
     rows = []
     for experiment in experiments:
         say(f"{experiment}: building both loops")
         _peak_start(dev)
-        ref = _reference(experiment, batch_size, dev, size)
-        eng = _engine(experiment, batch_size, dev, size, precision)
+        ref = _reference(experiment, s.batch_size, dev, s.size)
+        eng = _engine(experiment, s.batch_size, dev, s.size, s.precision)
         loops = {"reference": (reference_step, ref), "fast": (fast_step, eng)}
-        n_steps, times, walls = _paired_blocks(experiment, loops, dev, defaults, steps, warmup, repeats, seconds,
-                                               clock, say)
-        row = {"experiment": experiment, "device": device_name(dev), "batch_size": batch_size, "repeats": repeats,
-               "warmup": warmup, "steps": n_steps, "block_seconds": seconds, "clock": clock,
-               "threads": torch.get_num_threads(), **_ratios(times, walls, batch_size, max_spread, eng),
-               "peak_gb": _peak_gb(dev)}
+        n_steps, times, walls = _paired_blocks(experiment, loops, s, say)
+        row = {"experiment": experiment, "device": device_name(dev), "batch_size": s.batch_size,
+               "repeats": s.repeats, "warmup": s.warmup, "steps": n_steps, "block_seconds": s.seconds,
+               "clock": s.clock, "threads": torch.get_num_threads(),
+               **_ratios(times, walls, s.batch_size, s.max_spread, eng), "peak_gb": _peak_gb(dev)}
         _add_flops(row, experiment, ref, eng, peak)
         del loops, ref, eng
         if dev.type == "cuda":
             torch.cuda.empty_cache()
-        if estimate:  # no GPU to measure: count the tensors a CUDA step at the study's batch keeps alive
+        if s.estimate:  # no GPU to measure: count the tensors a CUDA step at the study's batch keeps alive
             say(f"{experiment}: estimating GPU memory at batch 32")
-            row["gpu_estimate_peak_gb"] = estimate_gpu_memory(experiment, 32, size)["peak_gb"]
+            row["gpu_estimate_peak_gb"] = estimate_gpu_memory(experiment, 32, s.size)["peak_gb"]
         rows.append(row)
     for row in rows:
         row["load_average"] = {"before": load_before, "after": _load(), "cpus": os.cpu_count()}
@@ -241,28 +268,28 @@ def _run_bench(experiments, dev, defaults, batch_size, steps, warmup, repeats, s
     return rows
 
 
-def _paired_blocks(experiment, loops, dev, defaults, steps, warmup, repeats, seconds, clock, say):
-    """Warm both loops up, size their blocks, then time ``repeats`` pairs of blocks taking turns at going first.
+def _paired_blocks(experiment, loops, s: BenchSettings, say):
+    """Warm both loops up, size their blocks, then time ``s.repeats`` pairs of blocks taking turns at going first.
 
-    Returns the steps per block and, per loop, the seconds per step of each block (on ``clock``) and on the wall.
+    Returns the steps per block and, per loop, the seconds per step of each block (on ``s.clock``) and on the wall.
     """
-    pick = 1 if clock == "cpu" else 0
+    pick = 1 if s.clock == "cpu" else 0
     step_s = {}
     for name, (step, state) in loops.items():
-        for _ in range(max(warmup - 1, 0)):
+        for _ in range(max(s.warmup - 1, 0)):
             step(state)
-        step_s[name] = _timed_block(step, state, 1, dev)[pick]  # the last warm-up step sizes the blocks
-    n_steps = {name: steps or max(defaults["min_steps"], math.ceil(seconds / step_s[name])) for name in loops}
+        step_s[name] = _timed_block(step, state, 1, s.device)[pick]  # the last warm-up step sizes the blocks
+    n_steps = {name: s.steps or max(s.min_steps, math.ceil(s.seconds / step_s[name])) for name in loops}
     times = {name: [] for name in loops}
     walls = {name: [] for name in loops}
-    for i in range(repeats):
+    for i in range(s.repeats):
         for name in ("reference", "fast") if i % 2 == 0 else ("fast", "reference"):
             step, state = loops[name]
-            measured = _timed_block(step, state, n_steps[name], dev)
+            measured = _timed_block(step, state, n_steps[name], s.device)
             times[name].append(measured[pick])
             walls[name].append(measured[0])
-        say(f"{experiment}: repeat {i + 1}/{repeats}: reference {times['reference'][-1]:.2f} s/step, "
-            f"fast {times['fast'][-1]:.2f} s/step ({clock} clock; wall {walls['reference'][-1]:.2f} / "
+        say(f"{experiment}: repeat {i + 1}/{s.repeats}: reference {times['reference'][-1]:.2f} s/step, "
+            f"fast {times['fast'][-1]:.2f} s/step ({s.clock} clock; wall {walls['reference'][-1]:.2f} / "
             f"{walls['fast'][-1]:.2f})")
     return n_steps, times, walls
 
