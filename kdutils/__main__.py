@@ -198,20 +198,35 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _field_setting(text: str) -> tuple[str, str]:
+    """``FIELD=VALUE`` from the command line (a dataclass checks the field and the value's type)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE, e.g. unet_steps=2400, not {text!r}")
+    return name.strip().replace("-", "_"), value.strip()
+
+
 def _tiny(args: argparse.Namespace) -> int:
     import json
 
     from .tiny import NAMES, TINY_PREFIX, TRAINED, resolve
 
+    if args.recipe and not args.train or args.pretrain_recipe and not (args.train or args.pretrain_student):
+        raise ValueError("--recipe goes with --train, --pretrain-recipe with --train or --pretrain-student")
     if args.train:  # the toy world's SD and scorer, into kdutils/assets/tiny (minutes on a CPU)
         from . import toymodels
 
-        report = toymodels.build(args.output or toymodels.ASSETS)
+        recipe = toymodels.recipe_from(toymodels.Recipe, args.recipe or [])
+        student_recipe = toymodels.recipe_from(toymodels.PretrainRecipe, [("threads", str(recipe.threads))]
+                                               + (args.pretrain_recipe or []))
+        report = toymodels.build(args.output or toymodels.ASSETS, recipe, student_recipe=student_recipe)
         print(json.dumps(report, indent=2))
     if args.pretrain_student:  # only the toy klue/roberta-small (minutes on a CPU)
         from . import toymodels
 
-        print(json.dumps(toymodels.pretrain_student((args.output or toymodels.ASSETS) / "roberta-small"), indent=2))
+        recipe = toymodels.recipe_from(toymodels.PretrainRecipe, args.pretrain_recipe or [])
+        print(json.dumps(toymodels.pretrain_student((args.output or toymodels.ASSETS) / "roberta-small", recipe),
+                         indent=2))
     if args.eval:  # how well images follow their prompts, for the teacher and any trained students
         import kdutils as kd
 
@@ -365,6 +380,11 @@ def _add_tool_commands(sub) -> None:
     tiny.add_argument("--pretrain-student", action="store_true",
                       help="only pretrain the toy klue/roberta-small on the Korean corpus (masked LM; ~5 min on 2 cores)")
     tiny.add_argument("--output", type=Path, help="with --train or --pretrain-student: write the models here instead")
+    tiny.add_argument("--recipe", nargs="+", type=_field_setting, metavar="FIELD=VALUE",
+                      help="with --train: change toymodels.Recipe, e.g. unet_steps=2400 threads=1 (recorded in the "
+                           "build report)")
+    tiny.add_argument("--pretrain-recipe", nargs="+", type=_field_setting, metavar="FIELD=VALUE",
+                      help="with --train or --pretrain-student: change toymodels.PretrainRecipe, e.g. steps=5000")
     tiny.add_argument("--eval", action="store_true",
                       help="print JSON: attribute accuracy of images from English and Korean prompts, per text encoder")
     tiny.set_defaults(func=_tiny)

@@ -71,6 +71,29 @@ class Recipe:
                    scorer_batch=8, threads=1)
 
 
+def recipe_from(cls, settings: list[tuple[str, str]]):
+    """``cls`` (``Recipe`` or ``PretrainRecipe``) with ``(field, text)`` settings from the command line, typed
+    like each field's default; an unknown field or a value of the wrong type raises ``ValueError`` naming it."""
+    from dataclasses import fields
+
+    defaults = cls()
+    known = [f.name for f in fields(cls)]
+    values = {}
+    for name, text in settings:
+        if name not in known:
+            raise ValueError(f"{cls.__name__} has no setting {name!r}; it has {', '.join(known)}")
+        kind = type(getattr(defaults, name))
+        try:
+            values[name] = kind(text)
+        except ValueError:
+            article = "an" if kind.__name__[0] in "aeiou" else "a"
+            raise ValueError(f"{cls.__name__}.{name} takes {article} {kind.__name__} (default "
+                             f"{getattr(defaults, name)}), not {text!r}") from None
+        if values[name] <= 0 and name != "seed":
+            raise ValueError(f"{cls.__name__}.{name} must be positive, not {text!r}")
+    return cls(**values)
+
+
 # ------------------------------------------------------------------ the teacher
 def teacher_tokenizer():
     """CLIP BPE whose merges are learned from the course's English and the world's captions.

@@ -200,3 +200,32 @@ def test_train_stops_before_replacing_a_finished_run_and_names_the_flags(tmp_pat
     assert {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != "notes.txt"} \
         == files, "nothing was written"
     assert not (tmp_path / "data").exists(), "refused before preparing any data"
+
+
+def test_tiny_train_takes_recipe_settings_checked_before_anything_trains(monkeypatch, capsys, tmp_path):
+    """`tiny --train --recipe FIELD=VALUE`: toymodels.Recipe reachable from the command line (issue 24)."""
+    from kdutils import toymodels
+    from kdutils.__main__ import main
+
+    built = {}
+
+    def fake_build(output, recipe, student_recipe=None):
+        built.update(recipe=recipe, student=student_recipe)
+        return {"recipe": "recorded"}
+
+    monkeypatch.setattr(toymodels, "build", fake_build)
+    assert main(["tiny", "--train", "--output", str(tmp_path), "--recipe", "unet_steps=3", "threads=1",
+                 "--pretrain-recipe", "steps=7"]) == 0
+    assert built["recipe"].unet_steps == 3 and built["recipe"].vae_steps == toymodels.Recipe().vae_steps
+    assert (built["student"].steps, built["student"].threads) == (7, 1), "the student follows the build's threads"
+    built.clear()
+    for bad, says in ((["--recipe", "unet_stepz=3"], "has no setting 'unet_stepz'"),
+                      (["--recipe", "unet_steps=many"], "takes an int"),
+                      (["--recipe", "unet_lr=-1"], "must be positive")):
+        capsys.readouterr()
+        assert main(["tiny", "--train", "--output", str(tmp_path), *bad]) == 2
+        assert says in capsys.readouterr().err and not built, "refused before training"
+    assert main(["tiny", "--recipe", "unet_steps=3"]) == 2
+    assert "--recipe goes with --train" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["tiny", "--train", "--recipe", "unet_steps"])
