@@ -16,7 +16,6 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 
 
-
 def _cpus() -> int:
     """The cores this process may use (``sched_getaffinity`` is Linux-only)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -119,6 +118,7 @@ def executed_copies(request) -> Path:
     names = {Path(str(item.fspath)).name for item in request.session.items if _is_notebook(item)}
     if os.environ.get("PYTEST_XDIST_WORKER"):
         started, deadline = request.config.stash[_STARTED], time.time() + 20 * 60
+
         def fresh(name):
             copy = course / name
             return copy.exists() and copy.stat().st_mtime >= started
