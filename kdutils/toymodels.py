@@ -36,7 +36,8 @@ from . import world
 from .files import staging, swap_in
 from .tiny import HIDDEN, MAX_LENGTH, TRAINED_DIR, build_clip_tokenizer, text_config
 from .toyeval import (  # noqa: F401 (kd.toymodels.* as before: the lessons measure the models they build)
-    attribute_accuracy, generate_for, PROMPTS, evaluate, true_renders, reference_cmmd, PHRASING_LABELS, compare_phrasings, evaluate_course,
+    PHRASING_LABELS, PROMPTS, attribute_accuracy, compare_phrasings, evaluate, evaluate_course, generate_for,
+    reference_cmmd, true_renders,
 )
 
 ASSETS = TRAINED_DIR

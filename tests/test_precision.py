@@ -172,7 +172,8 @@ def test_bf16_training_keeps_the_notebooks_before_and_after_checks(setting, expe
         out = D.encode(student, tokens.ids, tokens.mask)[0]
     assert out.dtype == torch.float32
     # the checkpoint is saved in fp32, as an fp32 run saves it, so export and plain diffusers read it the same way
-    # (tests/test_pipeline.py); that bf16 learns as well as fp32 is test_bf16_keeps_the_best_val_loss_within_5_percent_of_fp32
+    # (tests/test_pipeline.py); that bf16 learns as well as fp32 is
+    # test_bf16_keeps_the_best_val_loss_within_5_percent_of_fp32
     from safetensors.torch import load_file
 
     saved = load_file(str(result.best_dir / "model.safetensors"))
@@ -214,10 +215,12 @@ def test_distillation_notebooks_pass_with_bf16_forced(tmp_path):
     """
     # 1 of tiny's 8 epochs: the precision checks hold from the first steps, and 03's tiny asserts with room
     # (best val loss at 0.15 of step 0's, asked <= 0.5; Korean cosine +0.40, asked > 0.2; 2026-12-06)
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}, "KDSD_MIXED_PRECISION": "bf16", "KDSD_OUTPUT_DIR": str(tmp_path / "outputs"), "KDSD_NUM_EPOCHS": "1"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}  # not a worker of this run
+    env.update(KDSD_MIXED_PRECISION="bf16", KDSD_OUTPUT_DIR=str(tmp_path / "outputs"), KDSD_NUM_EPOCHS="1")
     notebooks = [str(ROOT / "notebooks" / "03_distill_clip.ipynb")]
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", "--rootdir", str(ROOT),
-                          *notebooks], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
+                          "--rootdir", str(ROOT), *notebooks],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     for experiment in ("clip",):
         meta = json.loads((tmp_path / "outputs" / "distill" / experiment / "metrics.json").read_text())

@@ -168,7 +168,8 @@ def test_the_standin_check_builds_its_models_and_pairs(tmp_path, monkeypatch):
 
     bpe = tmp_path / "bpe.txt.gz"
     with gzip.open(bpe, "wt", encoding="utf-8") as f:
-        f.write("#version: 0.2\n" + "\n".join(["t h", "th e</w>", "r e", "re d</w>", "c a", "ca t</w>"]))  # no final newline: the slice takes every line
+        # no final newline: the tokenizer's slice takes every line
+        f.write("#version: 0.2\n" + "\n".join(["t h", "th e</w>", "r e", "re d</w>", "c a", "ca t</w>"]))
     monkeypatch.setattr(standins, "clip_bpe_file", lambda: bpe)
     monkeypatch.setattr(bench, "CLIP_L14_TEXT", dict(bench.TINY_TEXT, vocab_size=49408, pad_token_id=49407,
                                                      bos_token_id=49406, eos_token_id=49407))
