@@ -22,7 +22,6 @@ All numbers these models give are measurements of the toy world, not of SD v1.4.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -33,12 +32,16 @@ import torch
 import torch.nn.functional as F
 
 from . import world
-from .files import staging, swap_in
-from .tiny import HIDDEN, MAX_LENGTH, TRAINED_DIR, build_clip_tokenizer, text_config
+from .pretrain import PretrainRecipe, mask_tokens, pretrain_student  # noqa: F401 (kd.toymodels.* as before)
+from .tiny import HIDDEN, TRAINED_DIR
 from .toyeval import (  # noqa: F401 (kd.toymodels.* as before: the lessons measure the models they build)
     PHRASING_LABELS, PROMPTS, attribute_accuracy, compare_phrasings, evaluate, evaluate_course, generate_for,
     reference_cmmd, true_renders,
 )
+from .toyteacher import (  # noqa: F401 (kd.toymodels.* as before: lesson 11 encodes captions with the teacher)
+    SCORER_MEAN, SCORER_STD, encode_captions, teacher_encoder, teacher_tokenizer, train_scorer, word_separation,
+)
+from .trainloop import train_steps
 
 ASSETS = TRAINED_DIR
 EMPTY_CAPTION_RATE = 0.1  # how often the UNet trains on "" (what classifier-free guidance feeds it)
@@ -54,6 +57,9 @@ class Recipe:
     vae_lr: float = 2e-3
     decoder_steps: int = 600
     decoder_lr: float = 5e-4
+    vae_linear: float = 0.0  # weight of the linear colour preview (SD's latent is close to a linear map of RGB)
+    vae_stretch: float = 1.0  # the decoder learns colours pushed up to this far past the average colour (1: off)
+    vae_stretch_weight: float = 0.5
     unet_steps: int = 1800
     unet_batch: int = 32
     unet_lr: float = 6e-4
@@ -90,64 +96,9 @@ def recipe_from(cls, settings: list[tuple[str, str]]):
             article = "an" if kind.__name__[0] in "aeiou" else "a"
             raise ValueError(f"{cls.__name__}.{name} takes {article} {kind.__name__} (default "
                              f"{getattr(defaults, name)}), not {text!r}") from None
-        if values[name] <= 0 and name != "seed":
+        if values[name] < 0 or values[name] == 0 and name not in ("seed", "vae_linear"):
             raise ValueError(f"{cls.__name__}.{name} must be positive, not {text!r}")
     return cls(**values)
-
-
-# ------------------------------------------------------------------ the teacher
-def teacher_tokenizer():
-    """CLIP BPE whose merges are learned from the course's English and the world's captions.
-
-    Every word a world caption uses becomes one token; Korean still falls into
-    byte pieces, as with the real CLIP vocabulary.
-    """
-    captions = [text for scene in world.all_scenes() for text in world.every_caption(scene, "en")]
-    return build_clip_tokenizer(extra_texts=captions)
-
-
-def teacher_encoder(tokenizer, seed: int = 0):
-    """A random, frozen CLIP text encoder whose every position carries its own word.
-
-    Trained CLIP text encoders keep each word recognisable at its position.
-    With default initialisation the tiny token embeddings vanish next to the
-    random MLPs, so the embeddings are scaled to unit size per coordinate and
-    the MLPs weakened; attention keeps its default scale, so each position
-    mixes in a little of the words before it while its own word dominates.
-    Different colour words then differ at their position (``word_separation``
-    about 0.3, below 0.5); a ten times stronger value path blurs them into the
-    running average (above 0.8), which is what made the first prototype's
-    UNet confuse colours. Query and key weights are not zeroed: a copy of this
-    encoder (experiment 1's student) could then never learn to attend, since
-    each of their gradients is proportional to the other.
-    """
-    from transformers import CLIPTextModel
-
-    torch.manual_seed(seed)
-    encoder = CLIPTextModel(text_config(tokenizer))
-    with torch.no_grad():
-        encoder.embeddings.token_embedding.weight.mul_(50.0)
-        for layer in encoder.encoder.layers:
-            layer.mlp.fc2.weight.mul_(0.3)
-    return encoder.requires_grad_(False).eval()
-
-
-@torch.no_grad()
-def word_separation(encoder, tokenizer, words=world.COLOURS, template: str = "a {} circle on the left") -> float:
-    """Largest cosine between the encoder's outputs for different ``words`` at the word's position."""
-    batch = tokenizer([template.format(w) for w in words], padding="max_length", max_length=MAX_LENGTH,
-                      return_tensors="pt")
-    position = len(tokenizer(template.split("{}")[0].strip())["input_ids"]) - 1  # after <bos> and the prefix
-    hidden = F.normalize(encoder(batch.input_ids)[0][:, position], dim=-1)
-    cosine = hidden @ hidden.T
-    return float(cosine[~torch.eye(len(words), dtype=torch.bool)].max())
-
-
-@torch.no_grad()
-def encode_captions(encoder, tokenizer, captions: list[str]) -> torch.Tensor:
-    ids = tokenizer(captions, padding="max_length", max_length=MAX_LENGTH, truncation=True,
-                    return_tensors="pt").input_ids
-    return encoder(ids.to(encoder.device))[0]  # on the encoder's device: lesson 11 runs on a GPU in class
 
 
 # ------------------------------------------------------------------ data
@@ -172,18 +123,6 @@ def to_images(batch: torch.Tensor) -> list:
     return [Image.fromarray(a) for a in array]
 
 
-def _cosine_lr(optimizer, step: int, total: int, base: float, warmup: int = 50) -> None:
-    scale = (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-    for group in optimizer.param_groups:
-        group["lr"] = base * scale
-
-
-def _bar(total: int, desc: str, progress: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(range(total), desc=desc, disable=not progress, unit="step")
-
-
 # ------------------------------------------------------------------ VAE
 def new_vae():
     from diffusers import AutoencoderKL
@@ -195,35 +134,61 @@ def new_vae():
     )
 
 
+def shape_mask(x: torch.Tensor) -> torch.Tensor:
+    """1 where a pixel of ``x`` (in [-1, 1]) differs clearly from its border's median colour: the shape."""
+    border = torch.cat([x[..., 0, :], x[..., -1, :], x[..., :, 0], x[..., :, -1]], dim=-1).median(dim=-1).values
+    return ((x - border[..., None, None]).abs().sum(1, keepdim=True) > 0.3).float()
+
+
 def shape_weighted_error(recon: torch.Tensor, x: torch.Tensor, weight: float = 10.0) -> torch.Tensor:
     """Squared error with the shape's pixels counted ``weight`` times.
 
     The shape covers a small part of the picture and red, orange and yellow are close in RGB, so a plain
     pixel loss lets the autoencoder pull them towards orange; the picture's meaning is in those pixels.
     """
-    border = torch.cat([x[..., 0, :], x[..., -1, :], x[..., :, 0], x[..., :, -1]], dim=-1).median(dim=-1).values
-    shape = ((x - border[..., None, None]).abs().sum(1, keepdim=True) > 0.3).float()
-    return ((1 + (weight - 1) * shape) * (recon - x) ** 2).mean()
+    return ((1 + (weight - 1) * shape_mask(x)) * (recon - x) ** 2).mean()
+
+
+AVERAGE_COLOUR = tuple(float(np.mean([rgb[i] for rgb in world.PALETTE.values()])) for i in range(3))
+
+
+def stretch_error(vae, x: torch.Tensor, latents: torch.Tensor, recipe: Recipe, generator) -> torch.Tensor:
+    """How far the decoder strays when a shape's colour is pushed past itself, away from the average colour.
+
+    Classifier-free guidance moves a latent from the unconditional prediction (a shape of no particular
+    colour) through the conditional one and beyond it, ``guidance_scale`` times as far. SD's latent is
+    close to a linear map of the colours, so that push saturates a colour; the first toy VAE had packed
+    its colours along one curve, and the push turned red into orange or green. Here the decoder sees
+    ``anchor + s * (latents - anchor)``, ``anchor`` the same picture with its shape in the average colour
+    and ``s`` up to ``recipe.vae_stretch``, and must still draw ``x``.
+    """
+    mask = shape_mask(x)
+    average = to_unit(torch.tensor(AVERAGE_COLOUR)).view(1, 3, 1, 1)
+    anchor = vae.encode(x * (1 - mask) + average * mask).latent_dist.mean
+    s = 1 + (recipe.vae_stretch - 1) * torch.rand(len(x), 1, 1, 1, generator=generator)
+    return shape_weighted_error(vae.decode(anchor + s * (latents - anchor)).sample, x)
 
 
 def train_vae(pixels: torch.Tensor, recipe: Recipe, progress: bool = True):
-    """An ``AutoencoderKL`` (64 px <-> 8x8x4) trained on shape-weighted reconstruction with a tiny KL term."""
+    """An ``AutoencoderKL`` (64 px <-> 8x8x4) trained on shape-weighted reconstruction with a tiny KL term,
+    a linear colour preview and the stretched colours of ``stretch_error``."""
     torch.manual_seed(recipe.seed + 1)
     vae = new_vae().train()
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=recipe.vae_lr, weight_decay=0.0)
+    preview = torch.nn.Conv2d(4, 3, 1)  # latent -> 8x8 colours, fitted beside the VAE and then dropped
     generator = torch.Generator().manual_seed(recipe.seed + 11)
-    bar = _bar(recipe.vae_steps, "VAE", progress)
-    for step in bar:
-        _cosine_lr(optimizer, step, recipe.vae_steps, recipe.vae_lr)
+
+    def loss_at(step):
         x = to_unit(pixels[torch.randint(len(pixels), (recipe.vae_batch,), generator=generator)])
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample(generator)).sample
         loss = shape_weighted_error(recon, x) + 0.5 * F.l1_loss(recon, x) + 1e-6 * posterior.kl().mean()
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+        if recipe.vae_linear:
+            loss = loss + recipe.vae_linear * F.mse_loss(preview(posterior.mean), F.avg_pool2d(x, 8))
+        if recipe.vae_stretch > 1:
+            loss = loss + recipe.vae_stretch_weight * stretch_error(vae, x, posterior.mean, recipe, generator)
+        return loss
+
+    train_steps([*vae.parameters(), *preview.parameters()], recipe.vae_steps, recipe.vae_lr, loss_at, "VAE", progress)
     vae.eval().requires_grad_(False)
     with torch.no_grad():  # SD scales latents to unit variance; its scaling_factor 0.18215 was found the same way
         latents = torch.cat([vae.encode(to_unit(pixels[i:i + 256])).latent_dist.mean for i in range(0, len(pixels), 256)])
@@ -240,21 +205,20 @@ def finetune_decoder(vae, pixels: torch.Tensor, recipe: Recipe, progress: bool =
     parts = [vae.decoder, vae.post_quant_conv]
     for part in parts:
         part.requires_grad_(True).train()
-    params = [p for part in parts for p in part.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=recipe.decoder_lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(recipe.seed + 14)
-    bar = _bar(recipe.decoder_steps, "VAE decoder", progress)
-    for step in bar:
-        _cosine_lr(optimizer, step, recipe.decoder_steps, recipe.decoder_lr)
+
+    def loss_at(step):
         x = to_unit(pixels[torch.randint(len(pixels), (recipe.vae_batch,), generator=generator)])
         with torch.no_grad():
-            z = vae.encode(x).latent_dist.sample(generator)
+            posterior = vae.encode(x).latent_dist
+            z = posterior.sample(generator)
         loss = shape_weighted_error(vae.decode(z).sample, x)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+        if recipe.vae_stretch > 1:
+            loss = loss + recipe.vae_stretch_weight * stretch_error(vae, x, posterior.mean, recipe, generator)
+        return loss
+
+    params = [p for part in parts for p in part.parameters()]
+    train_steps(params, recipe.decoder_steps, recipe.decoder_lr, loss_at, "VAE decoder", progress)
     return vae.eval().requires_grad_(False)
 
 
@@ -326,89 +290,61 @@ def train_unet(vae, encoder, tokenizer, pixels: torch.Tensor, scenes: list, reci
     unet = new_unet().train()
     ema = new_unet().eval().requires_grad_(False)
     ema.load_state_dict(unet.state_dict())
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=recipe.unet_lr, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(recipe.seed + 12)
     rng = np.random.default_rng(recipe.seed + 22)
     empty = encode_captions(encoder, tokenizer, [""])
-    bar = _bar(recipe.unet_steps, "UNet", progress)
-    for step in bar:
-        _cosine_lr(optimizer, step, recipe.unet_steps, recipe.unet_lr, warmup=100)
+
+    def loss_at(step):
         idx = torch.randint(len(pixels), (recipe.unet_batch,), generator=generator)
         latents = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=generator)) * scale
         captions = [world.caption_en(scenes[i], rng) for i in idx.tolist()]
         context = drop_captions(encode_captions(encoder, tokenizer, captions), empty, generator)
         noise = torch.randn(latents.shape, generator=generator)
         t = torch.randint(0, noise_schedule.config.num_train_timesteps, (len(idx),), generator=generator)
-        loss = denoising_loss(unet, noise_schedule, latents, context, noise, t)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        return denoising_loss(unet, noise_schedule, latents, context, noise, t)
+
+    @torch.no_grad()
+    def average(step):  # the moving average, with SD's warmup of its decay
         decay = min(recipe.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for e, p in zip(ema.parameters(), unet.parameters()):
-                e.lerp_(p, 1 - decay)
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+        for e, p in zip(ema.parameters(), unet.parameters()):
+            e.lerp_(p, 1 - decay)
+
+    train_steps(unet.parameters(), recipe.unet_steps, recipe.unet_lr, loss_at, "UNet", progress, weight_decay=1e-4,
+                warmup=100, clip=1.0, after_step=average)
     return ema
 
 
-# ------------------------------------------------------------------ scorer
-def train_scorer(tokenizer, pixels: torch.Tensor, scenes: list, recipe: Recipe, progress: bool = True):
-    """A small ``CLIPModel`` trained contrastively on renders and their English captions."""
-    from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig
-
-    vision = CLIPVisionConfig(hidden_size=HIDDEN, intermediate_size=4 * HIDDEN, num_hidden_layers=2,
-                              num_attention_heads=4, image_size=world.IMAGE_SIZE, patch_size=8, projection_dim=HIDDEN)
-    config = CLIPConfig(text_config=text_config(tokenizer).to_dict(), vision_config=vision.to_dict(),
-                        projection_dim=HIDDEN)
-    torch.manual_seed(recipe.seed + 3)
-    model = CLIPModel(config).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.scorer_lr, weight_decay=1e-4)
-    generator = torch.Generator().manual_seed(recipe.seed + 13)
-    rng = np.random.default_rng(recipe.seed + 23)
-    mean, std = torch.tensor(SCORER_MEAN).view(1, 3, 1, 1), torch.tensor(SCORER_STD).view(1, 3, 1, 1)
-    bar = _bar(recipe.scorer_steps, "scorer", progress)
-    for step in bar:
-        _cosine_lr(optimizer, step, recipe.scorer_steps, recipe.scorer_lr)
-        idx = torch.randint(len(pixels), (recipe.scorer_batch,), generator=generator)
-        images = (pixels[idx].float() / 255 - mean) / std
-        captions = [world.caption_en(scenes[i], rng) for i in idx.tolist()]
-        text = tokenizer(captions, padding=True, return_tensors="pt")
-        out = model(input_ids=text.input_ids, attention_mask=text.attention_mask, pixel_values=images)
-        # two captions of the same scene are both right: count every matching scene as a positive
-        same = torch.tensor([[scenes[i] == scenes[j] for j in idx.tolist()] for i in idx.tolist()], dtype=torch.float)
-        target = same / same.sum(1, keepdim=True)
-        loss = 0.5 * (-(target * out.logits_per_image.log_softmax(1)).sum(1).mean()
-                      - (target * out.logits_per_text.log_softmax(1)).sum(1).mean())
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    return model.eval()
-
-
-SCORER_MEAN = (0.5, 0.5, 0.5)
-SCORER_STD = (0.5, 0.5, 0.5)
-
 
 # ------------------------------------------------------------------ build
+def _student(folder: Path, recipe: PretrainRecipe, progress: bool, keep: bool) -> dict:
+    """The pretrained student's report: kept from ``folder`` when ``keep`` and its recipe is ``recipe``, else trained."""
+    done = folder / "pretraining.json"
+    if keep and (folder / "DONE").exists() and done.exists():
+        report = json.loads(done.read_text())
+        if report.get("recipe") == asdict(recipe):
+            return {**report, "kept": True}
+    return pretrain_student(folder, recipe, progress)
+
+
 def build(output: str | Path = ASSETS, recipe: Recipe = Recipe(), progress: bool = True,
-          student_recipe: "PretrainRecipe | None" = None) -> dict:
-    """Train every toy-world model (SD, scorer, pretrained student) in hub layout under ``output``; returns a build report."""
+          student_recipe: "PretrainRecipe | None" = None, keep_student: bool = False) -> dict:
+    """Train every toy-world model (SD, scorer, pretrained student) in hub layout under ``output``; returns a build report.
+
+    ``keep_student`` keeps a finished student under ``output`` that was pretrained with the same recipe: its
+    pretraining reads no SD model, so a rebuild of the SD need not spend its minutes again.
+    """
     started = time.perf_counter()
     output = Path(output)
     threads = torch.get_num_threads()
     torch.set_num_threads(recipe.threads)
     student_recipe = student_recipe or PretrainRecipe(threads=recipe.threads)
     try:
-        return _build(output, recipe, progress, started, student_recipe)
+        return _build(output, recipe, progress, started, student_recipe, keep_student)
     finally:
         torch.set_num_threads(threads)
 
 
-def _build(output: Path, recipe: Recipe, progress: bool, started: float, student_recipe) -> dict:
+def _build(output: Path, recipe: Recipe, progress: bool, started: float, student_recipe, keep_student: bool) -> dict:
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPImageProcessor, CLIPProcessor
 
@@ -455,9 +391,7 @@ def _build(output: Path, recipe: Recipe, progress: bool, started: float, student
     processor = CLIPImageProcessor(size={"shortest_edge": world.IMAGE_SIZE}, do_center_crop=False,
                                    image_mean=list(SCORER_MEAN), image_std=list(SCORER_STD))
     CLIPProcessor(image_processor=processor, tokenizer=tokenizer).save_pretrained(str(output / "clip-scorer"))
-    t = time.perf_counter()
-    report["student"] = pretrain_student(output / "roberta-small", student_recipe, progress)
-    report["student_seconds"] = round(time.perf_counter() - t, 1)
+    report["student"] = _student(output / "roberta-small", student_recipe, progress, keep_student)
     report["seconds"] = round(time.perf_counter() - started, 1)
     (output / "build.json").write_text(json.dumps(report, indent=2) + "\n")
     for folder in (output / "stable-diffusion", output / "clip-scorer"):
@@ -466,100 +400,3 @@ def _build(output: Path, recipe: Recipe, progress: bool, started: float, student
     return report
 
 
-# ------------------------------------------------------------------ the student's pretraining
-@dataclass(frozen=True)
-class PretrainRecipe:
-    """Masked-language-model pretraining of the toy world's ``klue/roberta-small``; ``quick()`` is for tests."""
-
-    sentences: int = 40_000  # generated lines about the world, before the bundled corpus's Korean
-    steps: int = 10_000
-    batch: int = 128
-    lr: float = 2e-3
-    mask_rate: float = 0.15  # BERT's: of these, 80% become [MASK], 10% a random token, 10% stay
-    seed: int = 0
-    threads: int = 2
-
-    @classmethod
-    def quick(cls) -> "PretrainRecipe":
-        return cls(sentences=300, steps=3, batch=8, threads=1)
-
-
-def mask_tokens(ids: torch.Tensor, special: torch.Tensor, tokenizer, rate: float, generator) -> tuple:
-    """BERT's masking: ``(inputs, labels)`` with ``rate`` of the ordinary tokens to predict (labels -100 elsewhere)."""
-    chosen = (torch.rand(ids.shape, generator=generator) < rate) & ~special
-    labels = torch.where(chosen, ids, torch.full_like(ids, -100))
-    roll = torch.rand(ids.shape, generator=generator)
-    inputs = torch.where(chosen & (roll < 0.8), torch.full_like(ids, tokenizer.mask_token_id), ids)
-    first = len(tokenizer.all_special_ids)  # the specials come first in the vocabulary, ordinary pieces after
-    random_ids = torch.randint(first, len(tokenizer), ids.shape, generator=generator)
-    return torch.where(chosen & (roll >= 0.9), random_ids, inputs), labels
-
-
-def _masked_lm_steps(model, tokenizer, encoded: list[list[int]], recipe: PretrainRecipe, progress: bool) -> list[float]:
-    """``recipe.steps`` masked-LM steps on random batches of ``encoded`` sentences; the losses."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=1e-4)
-    generator = torch.Generator().manual_seed(recipe.seed + 15)
-    losses = []
-    bar = _bar(recipe.steps, "pretraining (masked LM)", progress)
-    for step in bar:
-        _cosine_lr(optimizer, step, recipe.steps, recipe.lr, warmup=min(200, recipe.steps // 10 + 1))
-        rows = [encoded[i] for i in torch.randint(len(encoded), (recipe.batch,), generator=generator).tolist()]
-        width = max(map(len, rows))
-        ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])
-        mask = ids != tokenizer.pad_token_id
-        special = ~mask | (ids == tokenizer.cls_token_id) | (ids == tokenizer.sep_token_id)
-        inputs, labels = mask_tokens(ids, special, tokenizer, recipe.mask_rate, generator)
-        hidden = model.roberta(input_ids=inputs, attention_mask=mask.long())[0]
-        chosen = labels != -100  # the vocabulary-wide head only where a token is to be predicted: 7x less work
-        loss = F.cross_entropy(model.lm_head(hidden[chosen]), labels[chosen])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    return losses
-
-
-def pretrain_student(output: str | Path = ASSETS / "roberta-small", recipe: PretrainRecipe = PretrainRecipe(),
-                     progress: bool = True) -> dict:
-    """Learn a WordPiece vocabulary from the Korean corpus and pretrain the tiny RoBERTa on it (masked LM).
-
-    Saves a ``RobertaModel`` (the encoder without its MLM head, as the students load it) and the tokenizer
-    under ``output``, with ``pretraining.json``; the pooler keeps its fixed-seed initialisation, as
-    masked-language modelling does not train it.
-    """
-    from transformers import RobertaForMaskedLM
-
-    from .tiny import blank_student, build_student_tokenizer, korean_corpus, student_config
-
-    started = time.perf_counter()
-    output = Path(output)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(recipe.threads)
-    try:
-        corpus = korean_corpus(recipe.sentences, recipe.seed)
-        final, output = output, staging(output)  # written beside it, swapped in when complete: an interrupted run
-        tokenizer = build_student_tokenizer(output, corpus)  # leaves the student that was there
-        encoded = tokenizer(corpus, truncation=True, max_length=MAX_LENGTH)["input_ids"]
-        torch.manual_seed(recipe.seed + 4)
-        model = RobertaForMaskedLM(student_config(tokenizer)).train()
-        model.roberta.load_state_dict(blank_student(tokenizer).state_dict(), strict=False)  # the blank student's start
-        losses = _masked_lm_steps(model, tokenizer, encoded, recipe, progress)
-        encoder = blank_student(tokenizer)
-        missing = encoder.load_state_dict(model.roberta.state_dict(), strict=False).missing_keys
-        assert all(key.startswith("pooler.") for key in missing), missing
-        encoder.save_pretrained(str(output))
-        tokenizer.save_pretrained(str(output))
-        tail = losses[-min(100, len(losses)):]
-        report = {"recipe": asdict(recipe), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                  "corpus_sentences": len(corpus), "corpus_tokens": sum(map(len, encoded)), "vocab_size": len(tokenizer),
-                  "mlm_loss_first_100": round(float(np.mean(losses[:100])), 3), "mlm_loss_last_100": round(float(np.mean(tail)), 3),
-                  "seconds": round(time.perf_counter() - started, 1)}
-        (output / "pretraining.json").write_text(json.dumps(report, indent=2) + "\n")
-        (output / "DONE").write_text("toy world\n")
-        swap_in(final)
-        return report
-    finally:
-        torch.set_num_threads(threads)

@@ -209,8 +209,8 @@ def test_tiny_train_takes_recipe_settings_checked_before_anything_trains(monkeyp
 
     built = {}
 
-    def fake_build(output, recipe, student_recipe=None):
-        built.update(recipe=recipe, student=student_recipe)
+    def fake_build(output, recipe, student_recipe=None, keep_student=False):
+        built.update(recipe=recipe, student=student_recipe, keep=keep_student)
         return {"recipe": "recorded"}
 
     monkeypatch.setattr(toymodels, "build", fake_build)
@@ -218,6 +218,8 @@ def test_tiny_train_takes_recipe_settings_checked_before_anything_trains(monkeyp
                  "--pretrain-recipe", "steps=7"]) == 0
     assert built["recipe"].unet_steps == 3 and built["recipe"].vae_steps == toymodels.Recipe().vae_steps
     assert (built["student"].steps, built["student"].threads) == (7, 1), "the student follows the build's threads"
+    assert built["keep"] is False
+    assert main(["tiny", "--train", "--output", str(tmp_path), "--keep-student"]) == 0 and built["keep"] is True
     built.clear()
     for bad, says in ((["--recipe", "unet_stepz=3"], "has no setting 'unet_stepz'"),
                       (["--recipe", "unet_steps=many"], "takes an int"),
@@ -226,6 +228,6 @@ def test_tiny_train_takes_recipe_settings_checked_before_anything_trains(monkeyp
         assert main(["tiny", "--train", "--output", str(tmp_path), *bad]) == 2
         assert says in capsys.readouterr().err and not built, "refused before training"
     assert main(["tiny", "--recipe", "unet_steps=3"]) == 2
-    assert "--recipe goes with --train" in capsys.readouterr().err
+    assert "--recipe and --keep-student go with --train" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["tiny", "--train", "--recipe", "unet_steps"])

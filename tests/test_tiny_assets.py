@@ -105,9 +105,29 @@ def test_pretraining_runs_and_saves_a_loadable_encoder(tmp_path, no_network):
     assert (tmp_path / "student" / "DONE").exists() and (tok.cls_token_id, tok.pad_token_id) == (0, 1)
 
 
+def test_a_rebuild_keeps_a_student_of_the_same_recipe_only_when_asked(tmp_path, monkeypatch):
+    import json
+
+    from kdutils import toymodels
+
+    recipe = toymodels.PretrainRecipe.quick()
+    folder = tmp_path / "roberta-small"
+    folder.mkdir()
+    (folder / "DONE").write_text("toy world\n")
+    (folder / "pretraining.json").write_text(json.dumps({"recipe": toymodels.asdict(recipe), "seconds": 463.5}))
+    trained = []
+    monkeypatch.setattr(toymodels, "pretrain_student", lambda *args: trained.append(args) or {"trained": True})
+    assert toymodels._student(folder, recipe, False, keep=True) == {"recipe": toymodels.asdict(recipe),
+                                                                     "seconds": 463.5, "kept": True}
+    assert not trained
+    assert toymodels._student(folder, recipe, False, keep=False) == {"trained": True}
+    other = toymodels.PretrainRecipe(**{**toymodels.asdict(recipe), "steps": 4})
+    assert toymodels._student(folder, other, False, keep=True) == {"trained": True} and len(trained) == 2
+
+
 @pytest.mark.slow
 def test_an_interrupted_pretraining_leaves_the_student_that_was_there(tmp_path, monkeypatch, no_network):
-    from kdutils import toymodels
+    from kdutils import pretrain, toymodels
 
     student = tmp_path / "student"
     student.mkdir()
@@ -116,7 +136,7 @@ def test_an_interrupted_pretraining_leaves_the_student_that_was_there(tmp_path, 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(toymodels, "mask_tokens", interrupted)
+    monkeypatch.setattr(pretrain, "mask_tokens", interrupted)
     with pytest.raises(KeyboardInterrupt):
         toymodels.pretrain_student(student, toymodels.PretrainRecipe.quick(), progress=False)
     assert [p.name for p in student.iterdir()] == ["model.safetensors"]
