@@ -88,12 +88,31 @@ def test_the_toy_sd_does_not_understand_korean(teacher_scores):
         assert teacher_scores["teacher_ko"][name] < teacher_scores["teacher_en"][name] - 0.3
 
 
-def test_a_ddim_scheduler_made_from_the_toy_config_does_not_clip_latents():
-    """SD v1.4's scheduler config says clip_sample: false; with diffusers' default (true) DDIM draws broken toy images."""
-    from diffusers import DDIMScheduler, PNDMScheduler
+def test_the_toy_scheduler_is_dpm_solver_and_keeps_sd_settings_for_the_others():
+    """The toy pipeline ships DPM++ 2M Karras (PNDM lost colours at high guidance); SD v1.4's config rides along, so
+    PNDM made from it skips its Runge-Kutta steps as SD's does, and DDIM does not clip latents (with diffusers' default,
+    clip_sample true, DDIM draws broken toy images)."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, PNDMScheduler
 
-    committed = PNDMScheduler.from_pretrained(str(kd.tiny.TRAINED_DIR / "stable-diffusion"), subfolder="scheduler")
+    committed = DPMSolverMultistepScheduler.from_pretrained(str(kd.tiny.TRAINED_DIR / "stable-diffusion"),
+                                                            subfolder="scheduler")
+    settings = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}  # noqa: E731
+    assert settings(committed.config) == settings(T.toy_scheduler().config)
+    assert committed.config.algorithm_type == "dpmsolver++" and committed.config.use_karras_sigmas
     for scheduler in (committed, T.sd_pndm_scheduler()):
         assert DDIMScheduler.from_config(scheduler.config).config.clip_sample is False
-    settings = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}  # noqa: E731
-    assert settings(committed.config) == settings(T.sd_pndm_scheduler().config)
+        assert PNDMScheduler.from_config(scheduler.config).config.skip_prk_steps is True
+
+
+@pytest.mark.slow
+def test_the_toy_sd_follows_english_across_the_guidance_people_use():
+    """Issue 21: on the held-out combinations the teacher's English keeps colour and shape >= 0.90 and position
+    >= 0.80 at every guidance from 2 to 7.5 (the README gives the measured table). Three guidances here, with a
+    margin of 5 points: one image of 24 is 4."""
+    cfg = kd.get_profile("tiny")
+    pipe = kd.pipeline.load_sd_pipeline(cfg)
+    scenes = [s for s in world.eval_scenes() if world.is_held_out(s)]
+    prompts = [world.canonical_en(s) for s in scenes]
+    for guidance in (2.0, 5.0, 7.5):
+        accuracy = T.attribute_accuracy(T.generate_for(pipe, prompts, cfg, guidance_scale=guidance), scenes)
+        assert min(accuracy["colour"], accuracy["shape"]) >= 0.85 and accuracy["position"] >= 0.75, (guidance, accuracy)
