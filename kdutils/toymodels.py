@@ -134,8 +134,11 @@ def new_vae():
     )
 
 
-def shape_mask(x: torch.Tensor) -> torch.Tensor:
-    """1 where a pixel of ``x`` (in [-1, 1]) differs clearly from its border's median colour: the shape."""
+def shape_pixels(x: torch.Tensor) -> torch.Tensor:
+    """1 where a pixel of the batch ``x`` (in [-1, 1]) differs clearly from its border's median colour: the shape.
+
+    A loss weight for training batches; ``kd.world.shape_mask`` reads one generated picture, blob by blob.
+    """
     border = torch.cat([x[..., 0, :], x[..., -1, :], x[..., :, 0], x[..., :, -1]], dim=-1).median(dim=-1).values
     return ((x - border[..., None, None]).abs().sum(1, keepdim=True) > 0.3).float()
 
@@ -146,7 +149,7 @@ def shape_weighted_error(recon: torch.Tensor, x: torch.Tensor, weight: float = 1
     The shape covers a small part of the picture and red, orange and yellow are close in RGB, so a plain
     pixel loss lets the autoencoder pull them towards orange; the picture's meaning is in those pixels.
     """
-    return ((1 + (weight - 1) * shape_mask(x)) * (recon - x) ** 2).mean()
+    return ((1 + (weight - 1) * shape_pixels(x)) * (recon - x) ** 2).mean()
 
 
 AVERAGE_COLOUR = tuple(float(np.mean([rgb[i] for rgb in world.PALETTE.values()])) for i in range(3))
@@ -162,7 +165,7 @@ def stretch_error(vae, x: torch.Tensor, latents: torch.Tensor, recipe: Recipe, g
     ``anchor + s * (latents - anchor)``, ``anchor`` the same picture with its shape in the average colour
     and ``s`` up to ``recipe.vae_stretch``, and must still draw ``x``.
     """
-    mask = shape_mask(x)
+    mask = shape_pixels(x)
     average = to_unit(torch.tensor(AVERAGE_COLOUR)).view(1, 3, 1, 1)
     anchor = vae.encode(x * (1 - mask) + average * mask).latent_dist.mean
     s = 1 + (recipe.vae_stretch - 1) * torch.rand(len(x), 1, 1, 1, generator=generator)
