@@ -94,26 +94,21 @@ def profile_overrides(args: argparse.Namespace) -> dict:
 
 def _train(args: argparse.Namespace) -> int:
     import kdutils as kd
+    from kdutils.precision import process_state
 
-    from accelerate import PartialState
-
-    cfg = kd.setup(args.profile, quiet=not _is_main(), **profile_overrides(args))
+    overrides = profile_overrides(args)
+    state = process_state(kd.get_profile(args.profile, **overrides).torch_device)
+    cfg = kd.setup(args.profile, quiet=not state.is_main_process, **overrides)
     out = kd.distill.run_dir(cfg, args.experiment)
     kd.distill.check_run_folder(out, resume=args.resume, overwrite=args.overwrite)  # before minutes of data work
-    with PartialState(cpu=cfg.torch_device == "cpu").main_process_first():  # one process writes the splits
+    with state.main_process_first():  # one process writes the splits
         splits = kd.data.prepare_splits(cfg)
     result = kd.distill.distill(cfg, args.experiment, splits, resume=args.resume, overwrite=args.overwrite,
-                                progress=_is_main())
-    if _is_main():
+                                progress=state.is_main_process)
+    if state.is_main_process:
         print(f"best checkpoint: {result.best_dir} (step {result.best_step}, val loss {result.best_val_loss:.4f})")
         print(f"metrics: {result.output_dir / 'metrics.json'}")
     return 0
-
-
-def _is_main() -> bool:
-    import os
-
-    return os.environ.get("RANK", "0") == "0"
 
 
 def _export(args: argparse.Namespace) -> int:

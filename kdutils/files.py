@@ -65,11 +65,17 @@ def read_json(path: str | Path, fix: str) -> dict:
     return data
 
 
-def staging(folder: str | Path) -> Path:
-    """An empty ``.NAME.tmp`` beside ``folder`` to write its next version into (after ``recover``)."""
+def staging(folder: str | Path, *, main: bool = True) -> Path:
+    """An empty ``.NAME.tmp`` beside ``folder`` to write its next version into (after ``recover``).
+
+    With ``main=False`` (another process of a data-parallel run) it only names the folder that the main
+    process empties, so that every process can write its part into it.
+    """
     folder = Path(folder)
-    recover(folder)
     tmp = _sibling(folder, "tmp")
+    if not main:
+        return tmp
+    recover(folder)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     return tmp

@@ -86,6 +86,17 @@ def mixed_precision(device, setting: str = "auto") -> str:
     return setting
 
 
+def process_state(device):
+    """Accelerate's ``PartialState`` for a run on ``device``: which process this is (``is_main_process``).
+
+    It is built with the ``cpu`` flag that ``make_accelerator`` passes on, since the first state built fixes the
+    device for the whole process.
+    """
+    from accelerate import PartialState
+
+    return PartialState(cpu=torch.device(device).type == "cpu")
+
+
 def make_accelerator(device, precision: str):
     """An ``Accelerator`` for one training run at ``precision`` (from ``mixed_precision``).
 

@@ -42,9 +42,7 @@ def model_label(model_id: str) -> str:
 
 
 def cache_dir() -> Path:
-    """Where tiny assets live: ``KDSD_CACHE`` or ``outputs/cache``."""
-    if os.environ.get("KDSD_CACHE"):
-        return Path(os.environ["KDSD_CACHE"])
+    """Where the tiny assets built on first use live: ``outputs/cache`` (they are the same for every profile)."""
     from .profiles import output_root
 
     return output_root() / "cache"

@@ -31,6 +31,9 @@ def test_two_processes_train_a_valid_checkpoint_close_to_one_process(tmp_path):
     from transformers import AutoModel
 
     AutoModel.from_pretrained(two["best_dir"])  # a valid checkpoint
+    # last/ is Accelerate's save_state: each process's random state, and the student under its own names
+    assert {"random_states_0.pkl", "random_states_1.pkl", "optimizer.bin"} <= {p.name for p in (out / "last").iterdir()}
+    AutoModel.from_pretrained(str(out / "last"))
 
     cfg = kd.get_profile("tiny", num_epochs=2, batch_size=32, eval_every=20, num_pairs=1200, output_dir=str(tmp_path / "one"))
     splits = kd.data.prepare_splits(cfg)

@@ -498,9 +498,16 @@ def test_damaged_checkpoint_files_are_named_with_what_to_do(quick, finished, tmp
     with pytest.raises(ValueError, match=rf"{weights} is damaged \(.*\); the run cannot continue from it.*"
                                          rf"overwrite=True \(--overwrite\)"):
         D.distill(quick_cfg, "roberta", splits, output_dir=out, resume=True, progress=False)
-    state = out / "last" / "training_state.pt"
-    state.write_bytes(state.read_bytes()[:100])
-    with pytest.raises(ValueError, match=rf"{state} is damaged"):
+    weights.write_bytes((finished[0].output_dir / "last" / "model.safetensors").read_bytes())
+    for name in ("optimizer.bin", "random_states_0.pkl"):  # Accelerate alone would skip a bad random state quietly
+        state = out / "last" / name
+        whole = state.read_bytes()
+        state.write_bytes(whole[:100])
+        with pytest.raises(ValueError, match=rf"{state} is damaged"):
+            D.distill(quick_cfg, "roberta", splits, output_dir=out, resume=True, progress=False)
+        state.write_bytes(whole)
+    state.unlink()
+    with pytest.raises(FileNotFoundError, match=rf"{state} is missing; the run cannot continue"):
         D.distill(quick_cfg, "roberta", splits, output_dir=out, resume=True, progress=False)
     (out / "last" / "kdsd_meta.json").write_text("")
     with pytest.raises(ValueError, match=rf"{out / 'last' / 'kdsd_meta.json'} is empty; the run cannot continue"):
@@ -531,7 +538,7 @@ def test_frozen_word_embeddings_stay_and_the_rest_learns(cfg, small_splits):
         run = cfg.replace(freeze_word_embeddings=freeze)
         out = Path(cfg.output_dir) / f"freeze-{freeze}"
         D.distill(run, "roberta", small_splits, output_dir=out, stop_after=3, progress=False)
-        trained = AutoModel.from_pretrained(str(out / "last"))
+        trained = AutoModel.from_pretrained(str(out / "last"))  # Accelerate's save_state, a model folder too
         words = torch.equal(trained.embeddings.word_embeddings.weight, start.embeddings.word_embeddings.weight)
         assert words is freeze, f"freeze_word_embeddings={freeze}"
         assert not torch.equal(trained.encoder.layer[0].attention.self.query.weight,

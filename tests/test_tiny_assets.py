@@ -29,9 +29,9 @@ def test_rebuild_is_bit_identical_and_offline(built, tmp_path, no_network):
 
 
 def test_resolve_builds_into_the_cache_and_leaves_hub_ids_alone(monkeypatch, tmp_path, no_network):
-    monkeypatch.setenv("KDSD_CACHE", str(tmp_path))
+    monkeypatch.setattr("kdutils.profiles.output_root", lambda: tmp_path)
     folder = Path(tiny.resolve("tiny/roberta-small-blank"))
-    assert folder.is_dir() and (folder / "config.json").exists() and folder.parent.parent == tmp_path
+    assert folder.is_dir() and (folder / "config.json").exists() and folder.parent.parent == tmp_path / "cache"
     assert tiny.resolve("klue/roberta-small") == "klue/roberta-small"
     with pytest.raises(ValueError, match="unknown tiny model"):
         tiny.resolve("tiny/gpt")

@@ -1,15 +1,16 @@
-"""Checkpoints: the ``best/`` and ``last/`` folders, the random-number state, and what a resume must match.
+"""Checkpoints: the ``best/`` and ``last/`` folders, and what a resume must match.
 
-A checkpoint is swapped in by renames (``kdutils.files``), so a run killed at any point leaves one
-complete copy, and ``--resume`` continues bit-identically from ``last/``.
+``best/`` is a model folder (``save_pretrained``) that later notebooks load. ``last/`` is Accelerate's
+``save_state``: the weights, optimizer, schedule, random generators of every process and the run's
+``TrainState``, from which ``load_state`` continues the run bit for bit. Either is swapped in by renames
+(``kdutils.files``), so a run killed at any point leaves one complete copy.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import random
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,27 +18,8 @@ import torch
 from ..files import staging, swap_in
 
 
-def rng_state() -> dict:
-    import numpy as np
-
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    import numpy as np
-
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(folder: Path, student, tokenizer, meta: dict, state: dict | None = None) -> Path:
-    """Write ``save_pretrained`` files, tokenizer, ``kdsd_meta.json`` (and training state) atomically.
+def save_checkpoint(folder: Path, student, tokenizer, meta: dict) -> Path:
+    """Write ``save_pretrained`` files, tokenizer and ``kdsd_meta.json`` atomically (``best/``).
 
     Everything goes to ``.NAME.tmp`` beside ``folder`` and is swapped in by
     renames (``kdutils.files.swap_in``): a process killed at any moment leaves
@@ -46,23 +28,47 @@ def save_checkpoint(folder: Path, student, tokenizer, meta: dict, state: dict | 
     """
     folder = Path(folder)
     tmp = staging(folder)
+    write_model(tmp, student, tokenizer)
+    (tmp / "kdsd_meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    return swap_in(folder)
+
+
+def write_model(folder: Path, student, tokenizer) -> None:
+    """``save_pretrained`` of the student and its tokenizer, without a progress bar."""
     from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
     from transformers.utils import logging as hf_logging
 
     bar_was_on, hub_bars_were_on = hf_logging.is_progress_bar_enabled(), not are_progress_bars_disabled()
     hf_logging.disable_progress_bar()  # save_pretrained's "Writing model shards" bar would print at every evaluation
     try:
-        student.save_pretrained(str(tmp))
+        student.save_pretrained(str(folder))
     finally:
         if bar_was_on:
             hf_logging.enable_progress_bar()
         if hub_bars_were_on:  # transformers' switch turns the hub's download bars off too
             enable_progress_bars()
-    tokenizer.save_pretrained(str(tmp))
-    (tmp / "kdsd_meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
-    if state is not None:
-        torch.save(state, tmp / "training_state.pt")
-    return swap_in(folder)
+    tokenizer.save_pretrained(str(folder))
+
+
+def model_folder_hooks(accelerator, student, tokenizer) -> None:
+    """Let Accelerate's ``save_state`` write the student as a model folder and ``load_state`` read it back.
+
+    The hooks of diffusers' training examples: ``last/`` then holds ``save_pretrained`` files like ``best/``
+    (``from_pretrained`` loads it, with the student's own parameter names even when data parallel wraps it),
+    and Accelerate writes the optimizer, schedule, random states and ``TrainState`` beside them.
+    """
+
+    def save_model(models, weights, output_dir):
+        if accelerator.is_main_process:
+            write_model(Path(output_dir), student, tokenizer)
+        weights.clear()  # written above; Accelerate would write a second copy under the wrapper's names
+
+    def load_model(models, input_dir):
+        models.clear()  # read here instead
+        load_weights(student, input_dir, "it is not the student's checkpoint")
+
+    accelerator.register_save_state_pre_hook(save_model)
+    accelerator.register_load_state_pre_hook(load_model)
 
 
 def load_weights(model, folder: Path, fix: str) -> None:
@@ -84,8 +90,8 @@ def load_weights(model, folder: Path, fix: str) -> None:
 class TrainState:
     """What changes as a run goes: its step, the best validation loss so far and the logs.
 
-    ``last/`` keeps it (with the weights, optimizer, schedule and random
-    generators), so a resumed run ends where an uninterrupted one ends.
+    Registered with Accelerate (``register_for_checkpointing``), so ``last/`` keeps it with the weights,
+    optimizer, schedule and random generators, and a resumed run ends where an uninterrupted one ends.
     """
 
     step: int = 0
@@ -93,6 +99,61 @@ class TrainState:
     best_step: int = -1
     history: list[dict] = field(default_factory=list)
     train_log: list[dict] = field(default_factory=list)
+
+    # Accelerate saves and loads what is registered with register_for_checkpointing through these two
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+
+def save_training_state(accelerator, folder: Path, meta: dict) -> Path:
+    """Write ``last/`` with Accelerate's ``save_state``, plus ``kdsd_meta.json``, swapped in atomically.
+
+    Every process calls it: each writes its own random state into the one staging folder, and the main
+    process writes the rest and swaps the folder in.
+    """
+    folder, main = Path(folder), accelerator.is_main_process
+    tmp = staging(folder, main=main)
+    accelerator.wait_for_everyone()  # the staging folder is empty before anyone writes into it
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()  # every process's random state is on disk
+    if main:
+        (tmp / "kdsd_meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+        swap_in(folder)
+    return folder
+
+
+def load_training_state(accelerator, folder: Path, fix: str) -> None:
+    """Continue from ``last/`` with Accelerate's ``load_state``; a missing or damaged file says which and ``fix``.
+
+    Accelerate skips a random state it cannot read and goes on quietly, which would make the resumed run
+    differ from an uninterrupted one without a word: that file is read here first.
+    """
+    folder = Path(folder)
+    needed = [folder / "model.safetensors", folder / "optimizer.bin", *sorted(folder.glob("custom_checkpoint_*.pkl")),
+              folder / f"random_states_{accelerator.process_index}.pkl"]
+    for path in needed:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing; {fix}")
+    try:
+        torch.load(needed[-1], weights_only=False)
+        accelerator.load_state(str(folder))
+    except Exception as err:  # a truncated or overwritten file: torch, pickle and safetensors raise several kinds
+        path, err = _first_unreadable(needed) or (folder, err)
+        raise ValueError(f"{path} is damaged ({type(err).__name__}: {err}); {fix}") from None
+
+
+def _first_unreadable(files: list[Path]) -> tuple[Path, Exception] | None:
+    from safetensors.torch import load_file
+
+    for path in files:
+        try:
+            load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, weights_only=False)
+        except Exception as err:
+            return path, err
+    return None
 
 
 # the Profile values a run records (in kdsd_meta.json and metrics.json) besides its meta

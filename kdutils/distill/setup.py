@@ -15,7 +15,7 @@ from ..models import load_student, load_teacher
 from ..precision import make_accelerator, mixed_precision, teacher_dtype
 from ..profiles import TARGETS, check_experiment
 from ..tiny import model_label
-from .checkpoint import FREEZABLE, TRAINING_SETTINGS
+from .checkpoint import FREEZABLE, TRAINING_SETTINGS, TrainState, model_folder_hooks
 from .evaluation import EvalData, prepare_eval
 from .step import make_optimizer
 from .trainset import TrainData, prepare_train, trainable_pairs
@@ -56,6 +56,7 @@ class Run:
     steps_per_epoch: int
     total_steps: int
     meta: dict  # written with every checkpoint and into metrics.json
+    state: TrainState  # the step, best loss and logs; saved in last/ with the rest (register_for_checkpointing)
 
     @property
     def device(self) -> torch.device:
@@ -212,10 +213,14 @@ def setup_run(cfg, experiment: str, splits, *, models: tuple | None = None, val:
                                freeze_words=cfg.freeze_word_embeddings and experiment in FREEZABLE)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     student, optimizer = accelerator.prepare(student, optimizer)
+    # the schedule is registered, not prepared: a prepared schedule steps once per process on every step
+    state = TrainState()
+    accelerator.register_for_checkpointing(scheduler, state)
     # Accelerate wraps the student's forward in autocast, and that wrapper would stay on the caller's model.
     # student_loss autocasts the training forward itself, so drop the wrapper: evaluation and the student
     # handed back run in fp32 whatever the training precision.
     raw_student = accelerator.unwrap_model(student, keep_fp32_wrapper=False)
+    model_folder_hooks(accelerator, raw_student, student_tokenizer)
     meta = {"profile": cfg.name, "experiment": experiment, "target": target, "teacher": cfg.sd_id,
             "student": cfg.sd_id if experiment == "clip" else model_label(cfg.student_id),
             "data_fingerprint": fingerprint(splits), "total_steps": total_steps,
@@ -224,4 +229,4 @@ def setup_run(cfg, experiment: str, splits, *, models: tuple | None = None, val:
             "student_padding": None if experiment == "clip" else cfg.student_padding,
             **{name: getattr(cfg, name) for name in TRAINING_SETTINGS}}
     return Run(cfg, experiment, target, accelerator, out, teacher, teacher_tokenizer, student, raw_student,
-               student_tokenizer, optimizer, scheduler, data, val, steps_per_epoch, total_steps, meta)
+               student_tokenizer, optimizer, scheduler, data, val, steps_per_epoch, total_steps, meta, state)

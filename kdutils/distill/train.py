@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from pathlib import Path
 
 import torch
 
 from ..files import folder_lock, read_json, write_json, write_text
-from .checkpoint import TrainState, rng_state, set_rng_state, load_weights, resume_settings, save_checkpoint
+from ..precision import process_state
+from .checkpoint import (TrainState, load_training_state, load_weights, resume_settings, save_checkpoint,
+                         save_training_state)
 from .evaluation import EvalData, evaluate, prepare_eval
 from .setup import DistillResult, Run, check_inputs, check_run_folder, run_dir, setup_run
 from .step import distill_step
@@ -42,7 +43,7 @@ def distill(cfg, experiment: str, splits, *, models: tuple | None = None, val: E
     """
     check_inputs(experiment, splits)
     out = Path(output_dir) if output_dir else run_dir(cfg, experiment)
-    main = os.environ.get("RANK", "0") == "0"  # under accelerate launch only the main process writes
+    main = process_state(cfg.torch_device).is_main_process  # under accelerate launch only the main process writes
     with folder_lock(out, "training run") if main else contextlib.nullcontext():
         check_run_folder(out, resume=resume, overwrite=overwrite, clean=main)
         run = setup_run(cfg, experiment, splits, models=models, val=val, output_dir=out, cache_teacher=cache_teacher)
@@ -56,7 +57,9 @@ def _train(run: Run, splits, resume: bool, stop_after: int | None, log_every: in
     cfg, experiment = run.cfg, run.experiment
     if progress and run.main:
         print(run.describe())
-    state = resume_state(run) if resume else TrainState()
+    state = run.state
+    if resume:
+        resume_state(run)
     if state.step == 0:  # the untrained student, so curves and "loss falls" start from it
         state.history.append({**measure(run), "step": 0, "epoch": 0.0, "seconds": 0.0})
     world, rank = run.accelerator.num_processes, run.accelerator.process_index
@@ -85,8 +88,7 @@ def _train(run: Run, splits, resume: bool, stop_after: int | None, log_every: in
         if state.step % cfg.eval_every == 0 or state.step == run.total_steps:
             evaluate_and_checkpoint(run, state, seconds=time.perf_counter() - started)
         if stop_after is not None and stop_after <= state.step < run.total_steps:
-            if run.main:
-                save_last(run, state)
+            save_last(run, state)
             bar.close()
             return DistillResult(run.out, run.best_dir, state.best_step, state.best_val, state.history,
                                  state.train_log, finished=False)
@@ -123,22 +125,18 @@ def evaluate_and_checkpoint(run: Run, state: TrainState, seconds: float) -> dict
         if run.main:
             save_checkpoint(run.best_dir, run.raw_student, run.student_tokenizer,
                             {**run.meta, "step": state.step, "metrics": metrics})
-    if run.main:
-        save_last(run, state)
+    save_last(run, state)
     return metrics
 
 
 def save_last(run: Run, state: TrainState) -> None:
-    """Write ``last/``: the weights and everything a resumed run needs to continue bit for bit."""
-    training_state = {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
-                      "step": state.step, "best_val": state.best_val, "best_step": state.best_step,
-                      "history": state.history, "train_log": state.train_log, "rng": rng_state()}
-    save_checkpoint(run.last_dir, run.raw_student, run.student_tokenizer, {**run.meta, "step": state.step},
-                    training_state)
+    """Write ``last/`` (every process): Accelerate's ``save_state`` of everything a resumed run needs to
+    continue bit for bit, the ``TrainState`` included."""
+    save_training_state(run.accelerator, run.last_dir, {**run.meta, "step": state.step})
 
 
 def resume_state(run: Run) -> TrainState:
-    """Load ``last/`` into the run's student, optimizer, schedule and random generators.
+    """Load ``last/`` into the run's student, optimizer, schedule, random generators and ``run.state``.
 
     Its settings must match the run's (``resume_settings``). A finished run
     whose ``last/`` was deleted resumes from its ``metrics.json`` (nothing is
@@ -149,27 +147,18 @@ def resume_state(run: Run) -> TrainState:
     last, metrics_file = run.last_dir, run.out / "metrics.json"
     fix = (f"the run cannot continue from it ({run.best_dir} is a separate copy). Start over with overwrite=True "
            f"(--overwrite), or keep this folder and train into another one (output_dir= / --output-dir)")
+    state = run.state
     if last.exists():
         notes = resume_settings(read_json(last / "kdsd_meta.json", fix), run.meta, last)
-        path = last / "training_state.pt"
-        try:
-            saved = torch.load(path, weights_only=False)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path} is missing; {fix}") from None
-        except Exception as err:  # a truncated or overwritten file: torch raises several kinds
-            raise ValueError(f"{path} is damaged ({type(err).__name__}: {err}); {fix}") from None
-        load_weights(run.raw_student, last, fix)
-        run.optimizer.load_state_dict(saved["optimizer"])
-        run.scheduler.load_state_dict(saved["scheduler"])
-        set_rng_state(saved["rng"])
-        state = TrainState(saved["step"], saved["best_val"], saved["best_step"], saved["history"], saved["train_log"])
+        load_training_state(run.accelerator, last, fix)  # fills run.state too
         where = f"{last} at step {state.step}/{run.total_steps}"
     elif metrics_file.exists():
         metrics = read_json(metrics_file, "without last/ the run cannot rewrite it; train again with overwrite=True "
                                           "(--overwrite), or into another folder")
         notes = resume_settings(metrics, run.meta, metrics_file)
-        state = TrainState(run.total_steps, metrics["best_val_loss"], metrics["best_step"], metrics["history"],
-                           metrics["train_log"])
+        state.load_state_dict({"step": run.total_steps, "best_val": metrics["best_val_loss"],
+                               "best_step": metrics["best_step"], "history": metrics["history"],
+                               "train_log": metrics["train_log"]})
         where = f"{metrics_file} (a finished run without last/)"
     elif run.best_dir.exists():  # killed before its first last/, or last/ was deleted: start again, keep best/
         best = read_json(run.best_dir / "kdsd_meta.json", "delete best/ too, or train into another folder")
@@ -178,11 +167,12 @@ def resume_state(run: Run) -> TrainState:
             print(f"no last/ in {run.out} to continue from: training again from step 0; best/ (step {best['step']}, "
                   f"val loss {best['metrics']['val_loss']:.4f}) is kept until a checkpoint beats it"
                   + "".join(f"; {note}" for note in notes))
-        return TrainState(best_val=best["metrics"]["val_loss"], best_step=best["step"])
+        state.best_val, state.best_step = best["metrics"]["val_loss"], best["step"]
+        return state
     else:
         if run.main:
             print(f"nothing to resume in {run.out}: training from step 0")
-        return TrainState()
+        return state
     if run.main:
         print(f"resumed from {where}" + "".join(f"; {note}" for note in notes))
     return state
