@@ -19,7 +19,11 @@ from .memory import estimate_gpu_memory
 
 
 def _timed_block(step, state: dict, steps: int, device: torch.device) -> tuple[float, float]:
-    """``(wall seconds, process CPU seconds)`` per step over ``steps`` back-to-back steps (a sync at each end)."""
+    """``(wall seconds, process CPU seconds)`` per step over ``steps`` back-to-back steps (a sync at each end).
+
+    By hand rather than ``torch.utils.benchmark.Timer``: the bench alternates blocks of its two loops and reads
+    both clocks over the very same block, where a ``Timer`` reads one clock and sizes its own blocks.
+    """
     _sync(device)
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
