@@ -73,6 +73,9 @@ class Profile:
     grad_clip: float = 1.0
     eval_every: int = 500
     empty_prompt_weight: float = 1.0
+    # the teacher's outputs for every training pair are computed once and kept (on the GPU when training there)
+    # if they fit in this many GiB; 0 runs the frozen teacher on every batch instead
+    teacher_cache_gb: float = 2.0
     # how the RoBERTa students pad to 77: "mask" pads with [MASK], so every position keeps its own position id
     # and can say a different word; "pad" is the study's [PAD], which RoBERTa gives one shared position id, so
     # all padding outputs of a sentence are the same vector (notebook 02 shows why that matters)
@@ -282,6 +285,7 @@ _RANGES: dict[str, tuple] = {
     "sample_batch_size": (_at_least(1), "a whole number >= 1"),
     "num_eval_prompts": (_at_least(1), "a whole number >= 1, or none for every prompt"),
     "toy_unet_steps": (_at_least(2), "a whole number of steps >= 2"),
+    "teacher_cache_gb": (lambda v: v >= 0, "a size in GiB, 0 or more (0: no cache)"),
     "seed": (lambda v: 0 <= v < 2 ** 32, "a whole number from 0 to 2**32 - 1"),
     "device": (lambda v: not _device_problem(v), "'auto' or a torch device such as 'cpu', 'cuda', 'cuda:1', 'mps'"),
     "mixed_precision": (lambda v: v in PRECISIONS, f"one of {PRECISIONS}"),

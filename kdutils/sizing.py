@@ -27,6 +27,8 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
+from .profiles import Profile
+
 # ------------------------------------------------------------ the study's run
 STUDY_PAIR_PASSES = 1_000_000  # 31,250 steps of 32 pairs (5 epochs of the study's training split)
 STUDY_SECONDS = {"clip": 5 * 3600 + 26 * 60 + 12, "roberta": 3 * 3600 + 6 * 60 + 2,
@@ -81,7 +83,7 @@ STUDENT_PARAMS = {"clip": PARAMS["clip_text"], "roberta": PARAMS["roberta"], "ro
 HIDDEN, MAX_LENGTH = 768, 77
 GIB = 1024 ** 3
 CUDA_CONTEXT_GIB = 0.5  # outside PyTorch's counters
-GPU_CACHE_LIMIT = 2 * GIB  # prepare_train: teacher outputs are cached (and moved to the GPU) up to 2 GiB
+GPU_CACHE_LIMIT = Profile.teacher_cache_gb * GIB  # prepare_train caches the teacher's outputs (on the GPU) up to this
 
 # Measured on this workspace's CPU (AMD EPYC, 2 cores), full-size configurations, random weights,
 # counting live tensor bytes (kdutils.bench.LiveTensorBytes) in 16 bits as CUDA runs them.
@@ -152,7 +154,7 @@ def cache_bytes(train_pairs: int, target: str = "sequence") -> int:
 
 
 def teacher_cache_path(train_pairs: int, target: str = "sequence") -> str:
-    """Which path ``prepare_train`` takes with ``cache_teacher=None`` on CUDA."""
+    """Which path ``prepare_train`` takes on CUDA at the profiles' ``teacher_cache_gb``."""
     if cache_bytes(train_pairs, target) <= GPU_CACHE_LIMIT:
         return "cached on the GPU"
     return "no cache: the teacher runs on every batch"

@@ -222,11 +222,12 @@ def _standin_run(cfg, experiment: str, splits, stop_after: int, cache: bool, say
     from .models import load_student, load_teacher
 
     t0 = time.perf_counter()
+    cfg = cfg.replace(teacher_cache_gb=cfg.teacher_cache_gb if cache else 0)
     models = (*load_teacher(cfg, device="cpu"), *load_student(cfg, experiment))
-    first = distill(cfg, experiment, splits, models=models, stop_after=stop_after, cache_teacher=cache, progress=False)
+    first = distill(cfg, experiment, splits, models=models, stop_after=stop_after, progress=False)
     assert not first.finished and (first.output_dir / "last").is_dir(), "stopped early with last/ saved"
     models = (*load_teacher(cfg, device="cpu"), *load_student(cfg, experiment))
-    done = distill(cfg, experiment, splits, models=models, resume=True, cache_teacher=cache, progress=False)
+    done = distill(cfg, experiment, splits, models=models, resume=True, progress=False)
     assert done.finished and done.test_metrics is not None and (done.best_dir / "model.safetensors").exists()
     history = [h["step"] for h in done.history]
     assert history[0] == 0 and history[-1] == max(history) > stop_after, history

@@ -254,8 +254,7 @@ def test_a_training_batch_is_en_ko_empty_and_its_loss_is_the_studys(cfg, small_s
     student.eval()  # no dropout, so separate forward passes agree with the stacked one
     train = small_splits["train"]
     cached = D.prepare_train(teacher, teacher_tokenizer, student_tokenizer, train, "sequence", "cpu", 77)
-    fresh = D.prepare_train(teacher, teacher_tokenizer, student_tokenizer, train, "sequence", "cpu", 77,
-                            cache_teacher=False)
+    fresh = D.prepare_train(teacher, teacher_tokenizer, student_tokenizer, train, "sequence", "cpu", 77, cache_gb=0)
     assert cached.cached is not None and fresh.cached is None
     idx = torch.tensor([3, 0, 5])
     ids, mask, target_batch, width = cached.batch(teacher, student, "sequence", idx, idx)

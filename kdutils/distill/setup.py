@@ -180,7 +180,7 @@ def setup_models(cfg, experiment: str, device, models: tuple | None = None, prec
 
 
 def setup_run(cfg, experiment: str, splits, *, models: tuple | None = None, val: EvalData | None = None,
-              output_dir: str | Path | None = None, cache_teacher: bool | None = None) -> Run:
+              output_dir: str | Path | None = None) -> Run:
     """Everything before the first step: accelerator and precision, models, data, optimizer and schedule."""
     from transformers import get_cosine_schedule_with_warmup
 
@@ -203,7 +203,7 @@ def setup_run(cfg, experiment: str, splits, *, models: tuple | None = None, val:
     train = trainable_pairs(splits["train"], student_tokenizer, cfg.max_length, experiment,
                             say=accelerator.is_main_process)
     data = prepare_train(teacher, teacher_tokenizer, student_tokenizer, train, target, device, cfg.max_length,
-                         cache_teacher)
+                         cfg.teacher_cache_gb)
     if val is None:
         val = prepare_eval(teacher, teacher_tokenizer, student_tokenizer, splits["val"], device, cfg.max_length)
     world = accelerator.num_processes

@@ -20,7 +20,7 @@ from .trainset import epoch_order
 
 def distill(cfg, experiment: str, splits, *, models: tuple | None = None, val: EvalData | None = None,
             output_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False,
-            stop_after: int | None = None, cache_teacher: bool | None = None, log_every: int = 10,
+            stop_after: int | None = None, log_every: int = 10,
             progress: bool = True) -> DistillResult:
     """Train a student for ``experiment`` on ``splits`` (train/val/test with ``ko``/``en``).
 
@@ -46,7 +46,7 @@ def distill(cfg, experiment: str, splits, *, models: tuple | None = None, val: E
     main = process_state(cfg.torch_device).is_main_process  # under accelerate launch only the main process writes
     with folder_lock(out, "training run") if main else contextlib.nullcontext():
         check_run_folder(out, resume=resume, overwrite=overwrite, clean=main)
-        run = setup_run(cfg, experiment, splits, models=models, val=val, output_dir=out, cache_teacher=cache_teacher)
+        run = setup_run(cfg, experiment, splits, models=models, val=val, output_dir=out)
         return _train(run, splits, resume, stop_after, log_every, progress)
 
 

@@ -52,12 +52,12 @@ class TrainData:
 
 
 def prepare_train(teacher, teacher_tokenizer, student_tokenizer, train, target: str, device, max_length: int,
-                  cache_teacher: bool | None = None) -> TrainData:
+                  cache_gb: float = 2.0) -> TrainData:
     """Tokenise the training pairs for both models and compute the teacher's fixed targets.
 
-    ``cache_teacher=None`` caches the teacher's outputs for every pair when
-    they fit in 2 GB of host memory. On a GPU the ids (and a cache of up to
-    2 GB) move there, so a step copies nothing from the host.
+    The teacher's outputs for every pair are computed once and kept when they
+    fit in ``cache_gb`` GiB (the profile's ``teacher_cache_gb``; 0: never). On a
+    GPU the ids and that cache move there, so a step copies nothing from the host.
     """
     device = torch.device(device)
     teacher_en = tokenize(teacher_tokenizer, train["en"], max_length)
@@ -70,14 +70,10 @@ def prepare_train(teacher, teacher_tokenizer, student_tokenizer, train, target: 
                "empty": student_empty.mask.sum(1)}
     bytes_per_pair = (teacher.config.hidden_size * (max_length if target == "sequence" else 1)
                       * torch.finfo(teacher.dtype).bits // 8)
-    if cache_teacher is None:
-        cache_teacher = len(train) * bytes_per_pair <= 2 * 1024 ** 3
     cached = None
-    if cache_teacher:
+    if 0 < len(train) * bytes_per_pair <= cache_gb * 1024 ** 3:
         seq, pooled = teacher_targets(teacher, teacher_en, device)
-        cached = pooled if target == "pooled" else seq
-        if device.type == "cuda" and cached.numel() * cached.element_size() <= 2 * 1024 ** 3:
-            cached = cached.to(device)
+        cached = (pooled if target == "pooled" else seq).to(device)
     if device.type == "cuda":  # the ids are small: keep them on the GPU
         for tokens in (teacher_en, student_en, student_ko, student_empty):
             tokens.ids, tokens.mask = tokens.ids.to(device), tokens.mask.to(device)
