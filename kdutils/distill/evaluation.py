@@ -78,7 +78,11 @@ def _evaluate(student, data: EvalData, target: str, device, batch_size: int, acc
     n = len(data.en)
     rank = accelerator.process_index if accelerator else 0
     world = accelerator.num_processes if accelerator else 1
-    per_rank = math.ceil(n / world)  # equal shards (wrapping around) so that all_gather lines up
+    # Equal shards, wrapping around, so that all_gather lines up and [:n] drops exactly the extra rows. By hand:
+    # split_between_processes(apply_padding=True) pads every short shard at its own end, so with two or more
+    # padded shards the gathered rows are out of order (n=9 on 4 processes repeats row 8 and loses row 7), and
+    # gather_for_metrics trims padding only for a prepared DataLoader
+    per_rank = math.ceil(n / world)
     rows = (torch.arange(per_rank * world) % n)[rank * per_rank:(rank + 1) * per_rank]
     per_example, pooled_ko, teacher_pooled_en = [], [], []
     for start in range(0, len(rows), batch_size):
