@@ -425,6 +425,16 @@ def test_a_finished_run_is_never_replaced_without_asking(quick, finished, tmp_pa
     # resume reuses the finished run: nothing is trained, best/ stays
     reused = D.distill(quick_cfg, "roberta", splits, output_dir=out, resume=True, progress=False)
     assert reused.best_step == finished[0].best_step and _run_files(out) == before
+    # also when its last/ is in the format of an earlier kdutils, which only an unfinished run must read
+    (out / "last" / "training_state.pt").write_bytes(b"")
+    assert D.distill(quick_cfg, "roberta", splits, output_dir=out, resume=True, progress=False).best_step \
+        == finished[0].best_step
+    metrics = (out / "metrics.json").read_bytes()
+    (out / "metrics.json").unlink()
+    with pytest.raises(ValueError, match=r"last was written by an earlier kdutils .*overwrite=True"):
+        D.distill(quick_cfg, "roberta", splits, output_dir=out, resume=True, progress=False)
+    (out / "metrics.json").write_bytes(metrics)
+    (out / "last" / "training_state.pt").unlink()
     # a finished run whose last/ was deleted to save space is reused from metrics.json
     shutil.rmtree(out / "last")
     assert D.distill(quick_cfg, "roberta", splits, output_dir=out, resume=True, progress=False).best_step \
@@ -492,6 +502,9 @@ def test_damaged_checkpoint_files_are_named_with_what_to_do(quick, finished, tmp
     quick_cfg, splits = quick
     out = tmp_path / "run"
     shutil.copytree(finished[0].output_dir, out)
+    metrics = out / "metrics.json"
+    finished_metrics = metrics.read_bytes()
+    metrics.unlink()  # unfinished, as if killed before its end: resume reads last/
     weights = out / "last" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])  # a copy cut short
     with pytest.raises(ValueError, match=rf"{weights} is damaged \(.*\); the run cannot continue from it.*"
@@ -511,8 +524,7 @@ def test_damaged_checkpoint_files_are_named_with_what_to_do(quick, finished, tmp
     (out / "last" / "kdsd_meta.json").write_text("")
     with pytest.raises(ValueError, match=rf"{out / 'last' / 'kdsd_meta.json'} is empty; the run cannot continue"):
         D.distill(quick_cfg, "roberta", splits, output_dir=out, resume=True, progress=False)
-    metrics = out / "metrics.json"
-    metrics.write_text(metrics.read_text()[:200])
+    metrics.write_bytes(finished_metrics[:200])
     cfg = quick_cfg.replace(output_dir=str(tmp_path / "profile"))
     (tmp_path / "profile" / "distill").mkdir(parents=True)
     shutil.copytree(out, tmp_path / "profile" / "distill" / "roberta")

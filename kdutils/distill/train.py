@@ -147,19 +147,27 @@ def resume_state(run: Run) -> TrainState:
     last, metrics_file = run.last_dir, run.out / "metrics.json"
     fix = (f"the run cannot continue from it ({run.best_dir} is a separate copy). Start over with overwrite=True "
            f"(--overwrite), or keep this folder and train into another one (output_dir= / --output-dir)")
-    state = run.state
-    if last.exists():
-        notes = resume_settings(read_json(last / "kdsd_meta.json", fix), run.meta, last)
-        load_training_state(run.accelerator, last, fix)  # fills run.state too
-        where = f"{last} at step {state.step}/{run.total_steps}"
-    elif metrics_file.exists():
-        metrics = read_json(metrics_file, "without last/ the run cannot rewrite it; train again with overwrite=True "
-                                          "(--overwrite), or into another folder")
+    state, metrics = run.state, None
+    if metrics_file.exists():  # a finished run (metrics.json is its last write): nothing is left to train
+        try:
+            metrics = read_json(metrics_file, "without last/ the run cannot rewrite it; train again with "
+                                              "overwrite=True (--overwrite), or into another folder")
+        except ValueError:
+            if not last.exists():
+                raise  # otherwise last/ continues the run, which writes metrics.json again
+    if metrics is not None:
         notes = resume_settings(metrics, run.meta, metrics_file)
         state.load_state_dict({"step": run.total_steps, "best_val": metrics["best_val_loss"],
                                "best_step": metrics["best_step"], "history": metrics["history"],
                                "train_log": metrics["train_log"]})
-        where = f"{metrics_file} (a finished run without last/)"
+        where = f"{metrics_file} (a finished run{'' if last.exists() else ' without last/'})"
+    elif last.exists():
+        notes = resume_settings(read_json(last / "kdsd_meta.json", fix), run.meta, last)
+        if (last / "training_state.pt").exists():
+            raise ValueError(f"{last} was written by an earlier kdutils (before it saved with Accelerate's save_state); "
+                             f"{fix}")
+        load_training_state(run.accelerator, last, fix)  # fills run.state too
+        where = f"{last} at step {state.step}/{run.total_steps}"
     elif run.best_dir.exists():  # killed before its first last/, or last/ was deleted: start again, keep best/
         best = read_json(run.best_dir / "kdsd_meta.json", "delete best/ too, or train into another folder")
         notes = resume_settings(best, run.meta, run.best_dir)
