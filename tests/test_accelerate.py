@@ -43,3 +43,28 @@ def test_two_processes_train_a_valid_checkpoint_close_to_one_process(tmp_path):
     assert two["total_steps"] == math.ceil(per_process / 16) * cfg.num_epochs == one.history[-1]["step"]
     assert two["best_val_loss"] < 0.5 * two["history"][0]["val_loss"], "both processes really trained"
     assert two["best_val_loss"] == pytest.approx(one.best_val_loss, rel=0.15), (two["best_val_loss"], one.best_val_loss)
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate's launcher is not installed")
+@pytest.mark.slow
+def test_two_processes_resume_bit_identically(tmp_path):
+    """Each process continues from its own random state (random_states_1.pkl is the second process's)."""
+    import hashlib
+    from pathlib import Path
+
+    script = Path(__file__).with_name("two_process_resume.py")
+    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", str(script), str(tmp_path)]
+    run = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"resumed from {tmp_path / 'cut' / 'last'} at step 5/" in run.stdout
+
+    def sha(folder):
+        return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+
+    for name in ("best", "last"):
+        assert sha(tmp_path / "cut" / name) == sha(tmp_path / "full" / name), name
+    cut, full = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("cut", "full"))
+    assert [h["val_loss"] for h in cut["history"]] == [h["val_loss"] for h in full["history"]]
+    assert cut["num_processes"] == 2
+

@@ -539,6 +539,35 @@ def test_damaged_checkpoint_files_are_named_with_what_to_do(quick, finished, tmp
         D.ensure_trained(cfg, "roberta")
 
 
+def test_a_resume_starts_a_fresh_fp16_scaler_and_lets_errors_that_are_not_damage_through(tmp_path):
+    """fp16 runs only on CUDA, so a CPU gradient scaler stands in for the T4's: a last/ saved in another
+    precision has no scaler state, and the resumed run says it starts a fresh one. A checkpoint of another
+    model is not a damaged file: Accelerate's own error comes through, not "damaged, start over"."""
+    from kdutils.distill.checkpoint import load_training_state, register_for_checkpointing, save_training_state
+
+    def run(width):
+        accelerator = D.make_accelerator("cpu", "no")
+        model = torch.nn.Linear(width, width)
+        optimizer = torch.optim.AdamW(model.parameters())
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        accelerator.prepare(model, optimizer)
+        state = D.TrainState(step=3)
+        register_for_checkpointing(accelerator, schedule, state)
+        return accelerator, state
+
+    saved, _ = run(2)
+    save_training_state(saved, tmp_path / "last", {"step": 3})
+    resumed, state = run(2)
+    state.step = 0
+    scaler = resumed.scaler = torch.amp.GradScaler("cpu")
+    assert load_training_state(resumed, tmp_path / "last", "fix") == [
+        "a fresh fp16 gradient scaler (last/ was saved in another precision)"]
+    assert state.step == 3 and resumed.scaler is scaler
+    other, _ = run(3)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        load_training_state(other, tmp_path / "last", "fix")
+
+
 def test_frozen_word_embeddings_stay_and_the_rest_learns(cfg, small_splits):
     from transformers import AutoModel
 

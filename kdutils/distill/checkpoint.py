@@ -108,11 +108,22 @@ class TrainState:
         self.__dict__.update(state)
 
 
+# what setup_run registers with register_for_checkpointing, in this order: Accelerate saves them as
+# custom_checkpoint_0.pkl, custom_checkpoint_1.pkl, ...
+CHECKPOINTED = ("the learning-rate schedule", "TrainState")
+
+
+def register_for_checkpointing(accelerator, scheduler, state: TrainState) -> None:
+    """Let ``save_state``/``load_state`` carry the schedule and the ``TrainState`` (``CHECKPOINTED``)."""
+    accelerator.register_for_checkpointing(scheduler, state)
+
+
 def save_training_state(accelerator, folder: Path, meta: dict) -> Path:
     """Write ``last/`` with Accelerate's ``save_state``, plus ``kdsd_meta.json``, swapped in atomically.
 
-    Every process calls it: each writes its own random state into the one staging folder, and the main
-    process writes the rest and swaps the folder in.
+    Every process calls it: each writes its own random state into the one staging folder (and, under fp16
+    on several GPUs, the same gradient-scaler state), and the main process writes the rest and swaps the
+    folder in.
     """
     folder, main = Path(folder), accelerator.is_main_process
     tmp = staging(folder, main=main)
@@ -125,24 +136,36 @@ def save_training_state(accelerator, folder: Path, meta: dict) -> Path:
     return folder
 
 
-def load_training_state(accelerator, folder: Path, fix: str) -> None:
+def load_training_state(accelerator, folder: Path, fix: str) -> list[str]:
     """Continue from ``last/`` with Accelerate's ``load_state``; a missing or damaged file says which and ``fix``.
 
     Accelerate skips a random state it cannot read and goes on quietly, which would make the resumed run
-    differ from an uninterrupted one without a word: that file is read here first.
+    differ from an uninterrupted one without a word: that file is read here first. A run that continues
+    in fp16 from a ``last/`` saved in another precision has no gradient-scaler state to load: it starts a
+    fresh scaler and says so (the returned notes).
     """
     folder = Path(folder)
-    needed = [folder / "model.safetensors", folder / "optimizer.bin", *sorted(folder.glob("custom_checkpoint_*.pkl")),
+    needed = [folder / "model.safetensors", folder / "optimizer.bin",
+              *(folder / f"custom_checkpoint_{i}.pkl" for i in range(len(CHECKPOINTED))),
               folder / f"random_states_{accelerator.process_index}.pkl"]
     for path in needed:
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing; {fix}")
+    scaler, notes = accelerator.scaler, []
+    if scaler is not None and not (folder / "scaler.pt").is_file():
+        accelerator.scaler, notes = None, ["a fresh fp16 gradient scaler (last/ was saved in another precision)"]
     try:
         torch.load(needed[-1], weights_only=False)
         accelerator.load_state(str(folder))
-    except Exception as err:  # a truncated or overwritten file: torch, pickle and safetensors raise several kinds
-        path, err = _first_unreadable(needed) or (folder, err)
-        raise ValueError(f"{path} is damaged ({type(err).__name__}: {err}); {fix}") from None
+    except Exception as err:
+        found = _first_unreadable(needed)
+        if found is None:  # not a damaged file: let the real error through
+            raise
+        path, reason = found  # a truncated or overwritten file: torch, pickle and safetensors raise several kinds
+        raise ValueError(f"{path} is damaged ({type(reason).__name__}: {reason}); {fix}") from err
+    finally:
+        accelerator.scaler = scaler
+    return notes
 
 
 def _first_unreadable(files: list[Path]) -> tuple[Path, Exception] | None:
@@ -167,7 +190,7 @@ FREEZABLE = ("roberta", "roberta_pooler")
 
 # what a resumed run must share with the run it continues: the data, the model, the order of the pairs, the
 # optimisation; anything else would splice two different runs into one history
-RESUME_MUST_MATCH = ("experiment", "teacher", "student", "data_fingerprint", "seed", "student_padding",
+RESUME_MUST_MATCH = ("experiment", "teacher", "student", "data_fingerprint", "seed", "student_padding", "teacher_cached",
                      "num_processes", "lr", "batch_size", "num_epochs", "weight_decay", "warmup_ratio", "grad_clip",
                      "empty_prompt_weight", "max_length", "freeze_word_embeddings")
 

@@ -15,7 +15,7 @@ from ..models import load_student, load_teacher
 from ..precision import make_accelerator, mixed_precision, teacher_dtype
 from ..profiles import TARGETS, check_experiment
 from ..tiny import model_label
-from .checkpoint import FREEZABLE, TRAINING_SETTINGS, TrainState, model_folder_hooks
+from .checkpoint import FREEZABLE, TRAINING_SETTINGS, TrainState, model_folder_hooks, register_for_checkpointing
 from .evaluation import EvalData, prepare_eval
 from .step import make_optimizer
 from .trainset import TrainData, prepare_train, trainable_pairs
@@ -215,7 +215,7 @@ def setup_run(cfg, experiment: str, splits, *, models: tuple | None = None, val:
     student, optimizer = accelerator.prepare(student, optimizer)
     # the schedule is registered, not prepared: a prepared schedule steps once per process on every step
     state = TrainState()
-    accelerator.register_for_checkpointing(scheduler, state)
+    register_for_checkpointing(accelerator, scheduler, state)
     # Accelerate wraps the student's forward in autocast, and that wrapper would stay on the caller's model.
     # student_loss autocasts the training forward itself, so drop the wrapper: evaluation and the student
     # handed back run in fp32 whatever the training precision.
@@ -225,6 +225,7 @@ def setup_run(cfg, experiment: str, splits, *, models: tuple | None = None, val:
             "student": cfg.sd_id if experiment == "clip" else model_label(cfg.student_id),
             "data_fingerprint": fingerprint(splits), "total_steps": total_steps,
             "num_processes": world, "train_pairs": len(train), "mixed_precision": precision,
+            "teacher_cached": data.cached is not None,  # cached targets and the teacher's own pass differ in the last bits
             "teacher_dtype": str(teacher_dtype(device, precision)).removeprefix("torch."), "seed": cfg.seed,
             "student_padding": None if experiment == "clip" else cfg.student_padding,
             **{name: getattr(cfg, name) for name in TRAINING_SETTINGS}}

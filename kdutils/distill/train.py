@@ -139,9 +139,9 @@ def resume_state(run: Run) -> TrainState:
     """Load ``last/`` into the run's student, optimizer, schedule, random generators and ``run.state``.
 
     Its settings must match the run's (``resume_settings``). A finished run
-    whose ``last/`` was deleted resumes from its ``metrics.json`` (nothing is
-    left to train); an empty folder starts from step 0 and says so, and so
-    does a run with ``best/`` but no ``last/`` (killed before its first
+    (one with ``metrics.json``, whether or not ``last/`` is kept) is read from
+    ``metrics.json``: nothing is left to train. An empty folder starts from step 0
+    and says so, and so does a run with ``best/`` but no ``last/`` (killed before its first
     ``last/``, or ``last/`` deleted), keeping ``best/`` until a checkpoint beats it.
     """
     last, metrics_file = run.last_dir, run.out / "metrics.json"
@@ -166,7 +166,7 @@ def resume_state(run: Run) -> TrainState:
         if (last / "training_state.pt").exists():
             raise ValueError(f"{last} was written by an earlier kdutils (before it saved with Accelerate's save_state); "
                              f"{fix}")
-        load_training_state(run.accelerator, last, fix)  # fills run.state too
+        notes += load_training_state(run.accelerator, last, fix)  # fills run.state too
         where = f"{last} at step {state.step}/{run.total_steps}"
     elif run.best_dir.exists():  # killed before its first last/, or last/ was deleted: start again, keep best/
         best = read_json(run.best_dir / "kdsd_meta.json", "delete best/ too, or train into another folder")

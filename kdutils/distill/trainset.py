@@ -36,14 +36,11 @@ class TrainData:
         The student's rows are laid out ``[en; ko; ""]`` for one forward pass;
         ``idx_on_device`` is ``idx`` on the device, to index tensors there.
         """
-        device = idx_on_device.device
         if self.cached is None:
             width = step_width(teacher, target, self.lengths["teacher"][idx])
             target_batch = teacher_batch(teacher, self.teacher_en.ids[idx_on_device], target, width)
-        elif self.cached.device.type == device.type:
+        else:
             target_batch = self.cached[idx_on_device]
-        else:  # a cache too large for the GPU: gather on the host into pinned memory, copy asynchronously
-            target_batch = self.cached[idx].pin_memory().to(device, non_blocking=True)
         en, ko, empty = self.student_en, self.student_ko, self.student_empty
         ids = torch.cat([en.ids[idx_on_device], ko.ids[idx_on_device], empty.ids])
         mask = torch.cat([en.mask[idx_on_device], ko.mask[idx_on_device], empty.mask])
@@ -55,9 +52,10 @@ def prepare_train(teacher, teacher_tokenizer, student_tokenizer, train, target: 
                   cache_gb: float = 2.0) -> TrainData:
     """Tokenise the training pairs for both models and compute the teacher's fixed targets.
 
-    The teacher's outputs for every pair are computed once and kept when they
-    fit in ``cache_gb`` GiB (the profile's ``teacher_cache_gb``; 0: never). On a
-    GPU the ids and that cache move there, so a step copies nothing from the host.
+    The teacher's outputs for every pair are computed once and kept on the
+    training device when they fit in ``cache_gb`` GiB (the profile's
+    ``teacher_cache_gb``, a budget on that device; 0: never). On a GPU the ids
+    move there too, so a step copies nothing from the host.
     """
     device = torch.device(device)
     teacher_en = tokenize(teacher_tokenizer, train["en"], max_length)
