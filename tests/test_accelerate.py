@@ -12,6 +12,11 @@ import kdutils as kd
 from kdutils import distill as D
 
 
+# two CPU processes in fp32, as every test here launches them
+LAUNCH_TWO = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no"]
+
+
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate's launcher is not installed")
 @pytest.mark.slow
 def test_two_processes_train_a_valid_checkpoint_close_to_one_process(tmp_path):
@@ -19,9 +24,7 @@ def test_two_processes_train_a_valid_checkpoint_close_to_one_process(tmp_path):
     # 1,200 of the toy world's pairs keep the run short (the whole set took three minutes of the suite)
     env = {**os.environ, "KDSD_NUM_EPOCHS": "2", "KDSD_BATCH_SIZE": "16", "KDSD_EVAL_EVERY": "20", "KDSD_NUM_PAIRS": "1200",
            "OMP_NUM_THREADS": "1"}
-    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "kdutils", "train", "--experiment", "roberta", "--profile", "tiny", "--output", str(tmp_path / "two")]
+    cmd = [*LAUNCH_TWO, "-m", "kdutils", "train", "--experiment", "roberta", "--profile", "tiny", "--output", str(tmp_path / "two")]
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     out = tmp_path / "two" / "distill" / "roberta"
@@ -53,8 +56,7 @@ def test_two_processes_resume_bit_identically(tmp_path):
     from pathlib import Path
 
     script = Path(__file__).with_name("two_process_resume.py")
-    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", str(script), str(tmp_path)]
+    cmd = [*LAUNCH_TWO, str(script), str(tmp_path)]
     run = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert f"resumed from {tmp_path / 'cut' / 'last'} at step 5/" in run.stdout
