@@ -206,8 +206,8 @@ def _tiny(args: argparse.Namespace) -> int:
 
     from .tiny import NAMES, TINY_PREFIX, TRAINED, resolve
 
-    if (args.recipe or args.keep_student) and not args.train or args.pretrain_recipe and not (args.train or args.pretrain_student):
-        raise ValueError("--recipe and --keep-student go with --train, --pretrain-recipe with --train or --pretrain-student")
+    if (args.recipe or args.keep_student or args.keep_vae) and not args.train or args.pretrain_recipe and not (args.train or args.pretrain_student):
+        raise ValueError("--recipe, --keep-student and --keep-vae go with --train, --pretrain-recipe with --train or --pretrain-student")
     if args.train:  # the toy world's SD and scorer, into kdutils/assets/tiny (minutes on a CPU)
         from . import toymodels
 
@@ -215,7 +215,7 @@ def _tiny(args: argparse.Namespace) -> int:
         student_recipe = toymodels.recipe_from(toymodels.PretrainRecipe, [("threads", str(recipe.threads))]
                                                + (args.pretrain_recipe or []))
         report = toymodels.build(args.output or toymodels.ASSETS, recipe, student_recipe=student_recipe,
-                                 keep_student=args.keep_student)
+                                 keep_student=args.keep_student, keep_vae=args.keep_vae)
         print(json.dumps(report, indent=2))
     if args.pretrain_student:  # only the toy klue/roberta-small (minutes on a CPU)
         from . import toymodels
@@ -384,6 +384,9 @@ def _add_tool_commands(sub) -> None:
     tiny.add_argument("--keep-student", action="store_true",
                       help="with --train: keep a finished student in the output folder pretrained with the same recipe "
                            "(its pretraining reads no SD model; saves ~8 min)")
+    tiny.add_argument("--keep-vae", action="store_true",
+                      help="with --train: keep the VAE of a finished build in the output folder made with the same VAE "
+                           "recipe (the UNet trains on a frozen VAE; saves ~15 min)")
     tiny.add_argument("--eval", action="store_true",
                       help="print JSON: attribute accuracy of images from English and Korean prompts, per text encoder")
     tiny.set_defaults(func=_tiny)

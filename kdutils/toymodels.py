@@ -68,6 +68,8 @@ class Recipe:
     unet_batch: int = 32
     unet_lr: float = 6e-4
     ema_decay: float = 0.999
+    # weight of the grounding term: the colour and shape words' cross-attention pulled onto the shape (0: off)
+    unet_grounding: float = 0.01
     scorer_steps: int = 400
     scorer_batch: int = 64
     scorer_lr: float = 1e-3
@@ -100,7 +102,7 @@ def recipe_from(cls, settings: list[tuple[str, str]]):
             article = "an" if kind.__name__[0] in "aeiou" else "a"
             raise ValueError(f"{cls.__name__}.{name} takes {article} {kind.__name__} (default "
                              f"{getattr(defaults, name)}), not {text!r}") from None
-        if values[name] < 0 or values[name] == 0 and name not in ("seed", "vae_linear"):
+        if values[name] < 0 or values[name] == 0 and name not in ("seed", "vae_linear", "unet_grounding"):
             raise ValueError(f"{cls.__name__}.{name} must be positive, not {text!r}")
     return cls(**values)
 
@@ -171,12 +173,82 @@ def denoising_loss(unet, noise_schedule, latents: torch.Tensor, context: torch.T
     return F.mse_loss(unet(noisy, timesteps, context).sample, noise)
 
 
+# ------------------------------------------------------------------ grounding
+GROUNDED = ("colour", "shape")  # the scene's words whose cross-attention the build pulls onto the shape
+
+
+class AttentionWeights:
+    """A cross-attention processor written out that keeps each call's weights in ``self.weights``:
+    the mean of the heads, ``(batch, pixels, tokens)``, with their gradients (the grounding term reads them)."""
+
+    def __init__(self):
+        self.weights: list[torch.Tensor] = []
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
+        query, key, value = (attn.to_q(hidden_states), attn.to_k(encoder_hidden_states),
+                             attn.to_v(encoder_hidden_states))
+        batch, pixels, inner = query.shape
+        head = inner // attn.heads
+        query, key, value = (x.view(batch, -1, attn.heads, head).transpose(1, 2) for x in (query, key, value))
+        weights = (query @ key.transpose(-1, -2) * attn.scale).softmax(dim=-1)
+        self.weights.append(weights.mean(dim=1))
+        out = (weights @ value).transpose(1, 2).reshape(batch, pixels, inner)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+def probe_cross_attention(unet) -> AttentionWeights:
+    """Put one ``AttentionWeights`` in every cross-attention layer (``attn2``) of ``unet`` and return it."""
+    probe = AttentionWeights()
+    unet.set_attn_processor({name: probe if name.endswith("attn2.processor") else processor
+                             for name, processor in unet.attn_processors.items()})
+    return probe
+
+
+def shape_shares(pixels: torch.Tensor, sides=(8, 4)) -> dict[int, torch.Tensor]:
+    """For each attention grid side, the share of each cell the shape covers: ``{side: (n, side * side)}``."""
+    shares: dict[int, list] = {side: [] for side in sides}
+    for i in range(0, len(pixels), 500):
+        mask = shape_pixels(to_unit(pixels[i:i + 500]))
+        for side in sides:
+            shares[side].append(F.adaptive_avg_pool2d(mask, side).flatten(1))
+    return {side: torch.cat(parts) for side, parts in shares.items()}
+
+
+def word_positions(tokenizer, captions: list[str], words: list[str]) -> torch.Tensor:
+    """Where ``words[i]`` sits in ``captions[i]`` under the teacher's tokenizer (each world word is one token)."""
+    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    wanted = torch.tensor(tokenizer.convert_tokens_to_ids([word + "</w>" for word in words]))
+    found = ids == wanted[:, None]
+    if not found.any(dim=1).all():
+        missing = [w for w, hit in zip(words, found.any(dim=1).tolist()) if not hit]
+        raise ValueError(f"the words {missing} are not single tokens of their captions")
+    return found.float().argmax(dim=1)
+
+
+def grounding_loss(weights: list[torch.Tensor], shares: dict[int, torch.Tensor], positions: list[torch.Tensor],
+                   keep: torch.Tensor) -> torch.Tensor:
+    """The token term of TokenCompose (Wang et al. 2024, arXiv:2312.03626): for each word at ``positions``, one
+    minus the share of its cross-attention weight that falls on the shape, squared. The mean over the layers'
+    ``weights``, the words and the captions in ``keep`` (a dropped caption names nothing)."""
+    rows = torch.arange(len(keep))
+    terms = []
+    for layer in weights:
+        on_shape = shares[int(layer.shape[1] ** 0.5)].to(layer)
+        for where in positions:
+            word = layer[rows, :, where.to(layer.device)]  # (batch, pixels): where each caption's word is read
+            terms.append(((1 - (word * on_shape).sum(1) / word.sum(1)) ** 2)[keep.to(layer.device)])
+    return torch.cat(terms).mean() if keep.any() else weights[0].sum() * 0
+
+
 def train_unet(vae, encoder, tokenizer, pixels: torch.Tensor, scenes: list, recipe: Recipe, progress: bool = True):
     """A ``UNet2DConditionModel`` trained to predict the noise (epsilon) of SD's schedule.
 
     Conditioned on the frozen teacher's last hidden states of a random English
     caption of each image, or of ``""`` with probability ``EMPTY_CAPTION_RATE``.
-    Returns the exponential moving average of the weights, as SD's training does.
+    With ``recipe.unet_grounding`` the loss adds that times ``grounding_loss`` for the colour and shape words:
+    without it the toy UNet read every word evenly over its 8 x 8 cells (lesson 00), where SD v1.4's
+    word maps gather on their objects. Returns the exponential moving average of the weights, as SD's training does.
     """
     from diffusers import DDPMScheduler
 
@@ -194,6 +266,8 @@ def train_unet(vae, encoder, tokenizer, pixels: torch.Tensor, scenes: list, reci
     generator = torch.Generator().manual_seed(recipe.seed + 12)
     rng = np.random.default_rng(recipe.seed + 22)
     empty = encode_captions(encoder, tokenizer, [""])
+    shares = shape_shares(pixels) if recipe.unet_grounding else {}
+    probe = probe_cross_attention(unet) if recipe.unet_grounding else AttentionWeights()
 
     def loss_at(step):
         idx = torch.randint(len(pixels), (recipe.unet_batch,), generator=generator)
@@ -202,7 +276,15 @@ def train_unet(vae, encoder, tokenizer, pixels: torch.Tensor, scenes: list, reci
         context = drop_captions(encode_captions(encoder, tokenizer, captions), empty, generator)
         noise = torch.randn(latents.shape, generator=generator)
         t = torch.randint(0, noise_schedule.config.num_train_timesteps, (len(idx),), generator=generator)
-        return denoising_loss(unet, noise_schedule, latents, context, noise, t)
+        probe.weights.clear()
+        loss = denoising_loss(unet, noise_schedule, latents, context, noise, t)
+        if not recipe.unet_grounding:
+            return loss
+        kept = ~(context == empty).flatten(1).all(dim=1)
+        positions = [word_positions(tokenizer, captions, [getattr(scenes[i], attribute) for i in idx.tolist()])
+                     for attribute in GROUNDED]
+        grounding = grounding_loss(probe.weights, {side: v[idx] for side, v in shares.items()}, positions, kept)
+        return loss + recipe.unet_grounding * grounding
 
     # The moving average with the decay warmup of diffusers' EMAModel (use_ema_warmup=False), kept by hand:
     # EMAModel's first update copies the weights (decay 0, here 0.1) and it updates with sub_ rather than
@@ -230,12 +312,23 @@ def _student(folder: Path, recipe: PretrainRecipe, progress: bool, keep: bool) -
     return pretrain_student(folder, recipe, progress)
 
 
+def _kept_vae_report(output: Path, vae_recipe: dict) -> "dict | None":
+    """The report of the finished build under ``output`` if its VAE was trained with ``vae_recipe``, else None."""
+    report = output / "build.json"
+    if not ((output / "stable-diffusion" / "DONE").exists() and report.exists()):
+        return None
+    built = json.loads(report.read_text())
+    return built if {k: built["recipe"].get(k) for k in vae_recipe} == vae_recipe else None
+
+
 def build(output: str | Path = ASSETS, recipe: Recipe = Recipe(), progress: bool = True,
-          student_recipe: "PretrainRecipe | None" = None, keep_student: bool = False) -> dict:
+          student_recipe: "PretrainRecipe | None" = None, keep_student: bool = False, keep_vae: bool = False) -> dict:
     """Train every toy-world model (SD, scorer, pretrained student) in hub layout under ``output``; returns a build report.
 
     ``keep_student`` keeps a finished student under ``output`` that was pretrained with the same recipe: its
-    pretraining reads no SD model, so a rebuild of the SD need not spend its minutes again.
+    pretraining reads no SD model, so a rebuild of the SD need not spend its minutes again. ``keep_vae`` keeps
+    the VAE of the SD under ``output`` when that build's report has the same VAE recipe: the UNet trains on a
+    frozen VAE, so a UNet-only change need not retrain it (the report marks it ``vae_kept``).
     """
     started = time.perf_counter()
     output = Path(output)
@@ -243,12 +336,13 @@ def build(output: str | Path = ASSETS, recipe: Recipe = Recipe(), progress: bool
     torch.set_num_threads(recipe.threads)
     student_recipe = student_recipe or PretrainRecipe(threads=recipe.threads)
     try:
-        return _build(output, recipe, progress, started, student_recipe, keep_student)
+        return _build(output, recipe, progress, started, student_recipe, keep_student, keep_vae)
     finally:
         torch.set_num_threads(threads)
 
 
-def _build(output: Path, recipe: Recipe, progress: bool, started: float, student_recipe, keep_student: bool) -> dict:
+def _build(output: Path, recipe: Recipe, progress: bool, started: float, student_recipe, keep_student: bool,
+           keep_vae: bool) -> dict:
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPImageProcessor, CLIPProcessor
 
@@ -263,15 +357,18 @@ def _build(output: Path, recipe: Recipe, progress: bool, started: float, student
     stage = output / ".stage-vae"  # a trained VAE survives a failed or retried UNet run of the same recipe
     vae_recipe = {k: v for k, v in asdict(recipe).items() if k.startswith(("vae_", "decoder_")) or k in ("images", "seed")}
     saved = json.loads((stage / "recipe.json").read_text()) if (stage / "recipe.json").exists() else None
-    if saved is not None and {k: saved.get(k) for k in vae_recipe} == vae_recipe:
+    built = _kept_vae_report(output, vae_recipe) if keep_vae else None
+    if built is not None or saved is not None and {k: saved.get(k) for k in vae_recipe} == vae_recipe:
         from diffusers import AutoencoderKL
 
-        vae = AutoencoderKL.from_pretrained(str(stage)).eval().requires_grad_(False)
+        folder = output / "stable-diffusion" / "vae" if built is not None else stage
+        vae = AutoencoderKL.from_pretrained(str(folder)).eval().requires_grad_(False)
     else:
         vae = finetune_decoder(train_vae(pixels, recipe, progress), pixels, recipe, progress)
         vae.save_pretrained(str(stage))
         (stage / "recipe.json").write_text(json.dumps(asdict(recipe)))
-    report["vae_seconds"] = round(time.perf_counter() - t, 1)
+    report["vae_seconds"] = round(time.perf_counter() - t, 1) if built is None else built["vae_seconds"]
+    report["vae_kept"] = built is not None
     check, check_scenes = render_dataset(min(300, recipe.images), recipe.seed + 100)
     report["vae_reconstruction_accuracy"] = attribute_accuracy(reconstructions(vae, check), check_scenes)
 

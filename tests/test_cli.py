@@ -209,8 +209,8 @@ def test_tiny_train_takes_recipe_settings_checked_before_anything_trains(monkeyp
 
     built = {}
 
-    def fake_build(output, recipe, student_recipe=None, keep_student=False):
-        built.update(recipe=recipe, student=student_recipe, keep=keep_student)
+    def fake_build(output, recipe, student_recipe=None, keep_student=False, keep_vae=False):
+        built.update(recipe=recipe, student=student_recipe, keep=keep_student, keep_vae=keep_vae)
         return {"recipe": "recorded"}
 
     monkeypatch.setattr(toymodels, "build", fake_build)
@@ -220,6 +220,9 @@ def test_tiny_train_takes_recipe_settings_checked_before_anything_trains(monkeyp
     assert (built["student"].steps, built["student"].threads) == (7, 1), "the student follows the build's threads"
     assert built["keep"] is False
     assert main(["tiny", "--train", "--output", str(tmp_path), "--keep-student"]) == 0 and built["keep"] is True
+    assert built["keep_vae"] is False
+    assert main(["tiny", "--train", "--output", str(tmp_path), "--keep-vae"]) == 0 and built["keep_vae"] is True
+    assert toymodels.recipe_from(toymodels.Recipe, [("unet_grounding", "0")]).unet_grounding == 0, "0 turns it off"
     built.clear()
     for bad, says in ((["--recipe", "unet_stepz=3"], "has no setting 'unet_stepz'"),
                       (["--recipe", "unet_steps=many"], "takes an int"),
@@ -228,6 +231,7 @@ def test_tiny_train_takes_recipe_settings_checked_before_anything_trains(monkeyp
         assert main(["tiny", "--train", "--output", str(tmp_path), *bad]) == 2
         assert says in capsys.readouterr().err and not built, "refused before training"
     assert main(["tiny", "--recipe", "unet_steps=3"]) == 2
-    assert "--recipe and --keep-student go with --train" in capsys.readouterr().err
+    assert main(["tiny", "--keep-vae"]) == 2, "--keep-vae only means something with --train"
+    assert "--recipe, --keep-student and --keep-vae go with --train" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["tiny", "--train", "--recipe", "unet_steps"])

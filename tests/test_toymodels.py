@@ -5,6 +5,7 @@ captioned shapes), not of Stable Diffusion v1.4.
 """
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,54 @@ def test_the_builder_runs_end_to_end_in_a_few_steps(tmp_path):
     assert image.shape == (world.IMAGE_SIZE, world.IMAGE_SIZE, 3)
     CLIPModel.from_pretrained(str(tmp_path / "clip-scorer"))
     CLIPProcessor.from_pretrained(str(tmp_path / "clip-scorer"))
+    assert report["vae_kept"] is False
+
+    # a UNet-only change keeps the finished VAE (--keep-vae); a VAE change trains a new one
+    vae_file = tmp_path / "stable-diffusion" / "vae" / "diffusion_pytorch_model.safetensors"
+    before = vae_file.read_bytes()
+    kept = T.build(tmp_path, replace(T.Recipe.quick(), unet_lr=1e-3), progress=False,
+                   student_recipe=T.PretrainRecipe.quick(), keep_student=True, keep_vae=True)
+    assert kept["vae_kept"] and kept["vae_seconds"] == report["vae_seconds"] and vae_file.read_bytes() == before
+    other = T.build(tmp_path, replace(T.Recipe.quick(), vae_lr=1e-3), progress=False,
+                    student_recipe=T.PretrainRecipe.quick(), keep_student=True, keep_vae=True)
+    assert not other["vae_kept"] and vae_file.read_bytes() != before
+
+
+def test_the_probe_draws_what_diffusers_draws_and_keeps_every_cross_attention_map():
+    torch.manual_seed(0)
+    unet = T.new_unet().eval()
+    latents, context = torch.randn(2, 4, 8, 8), torch.randn(2, 77, unet.config.cross_attention_dim)
+    with torch.no_grad():
+        plain = unet(latents, 10, context).sample
+        probe = T.probe_cross_attention(unet)
+        probed = unet(latents, 10, context).sample
+    assert torch.allclose(plain, probed, atol=1e-5)
+    assert sorted(w.shape[1] for w in probe.weights) == [16, 16, 16, 16, 64, 64, 64], "7 layers, 8x8 and 4x4 cells"
+    assert all(w.shape[::2] == (2, 77) and torch.allclose(w.sum(-1), torch.ones(1)) for w in probe.weights)
+
+
+def test_grounding_loss_counts_the_words_share_on_the_shape_for_kept_captions_only():
+    shares = {2: torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0]])}  # two pictures on 2 x 2 cells
+    on_shape = torch.zeros(2, 4, 3)  # (batch, pixels, tokens): word 1 read only where the first picture's shape is
+    on_shape[:, 0, 1] = 1.0
+    on_shape[:, 1:, 2] = 1.0
+    keep = torch.tensor([True, True])
+    first = torch.tensor([1, 1])
+    assert T.grounding_loss([on_shape], shares, [first], keep)[None].tolist() == [0.5 ** 2 / 2]
+    assert T.grounding_loss([on_shape], shares, [first], torch.tensor([True, False])).item() == 0.0
+    assert T.grounding_loss([on_shape], shares, [torch.tensor([2, 2])], torch.tensor([True, False])).item() == 1.0
+    assert T.grounding_loss([on_shape], shares, [first], torch.tensor([False, False])).item() == 0.0, "nothing named"
+    even = torch.full((2, 4, 3), 0.25)
+    written = ((1 - shares[2].sum(1) / 4) ** 2).mean()  # read evenly: the share is the shape's area
+    assert torch.isclose(T.grounding_loss([even], shares, [first], keep), written)
+
+
+def test_word_positions_find_each_captions_word_and_name_a_missing_one():
+    tokenizer = T.teacher_tokenizer()
+    captions = ["a large red circle on the left", "there is a blue square at the top"]
+    assert T.word_positions(tokenizer, captions, ["red", "square"]).tolist() == [3, 5]
+    with pytest.raises(ValueError, match="green"):
+        T.word_positions(tokenizer, captions, ["green", "square"])
 
 
 def test_the_teacher_reads_world_words_whole_korean_as_bytes_and_keeps_colours_apart():
