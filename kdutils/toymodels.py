@@ -179,7 +179,8 @@ GROUNDED = ("colour", "shape")  # the scene's words whose cross-attention the bu
 
 class AttentionWeights:
     """A cross-attention processor written out that keeps each call's weights in ``self.weights``:
-    the mean of the heads, ``(batch, pixels, tokens)``, with their gradients (the grounding term reads them)."""
+    the mean of the heads, ``(batch, pixels, tokens)``, with their gradients (the grounding term reads them).
+    Lesson 00 writes the same computation by hand to draw the maps; this one keeps them for training."""
 
     def __init__(self):
         self.weights: list[torch.Tensor] = []
@@ -231,10 +232,10 @@ def grounding_loss(weights: list[torch.Tensor], shares: dict[int, torch.Tensor],
     """The token term of TokenCompose (Wang et al. 2024, arXiv:2312.03626): for each word at ``positions``, one
     minus the share of its cross-attention weight that falls on the shape, squared. The mean over the layers'
     ``weights``, the words and the captions in ``keep`` (a dropped caption names nothing)."""
-    rows = torch.arange(len(keep))
     terms = []
     for layer in weights:
         on_shape = shares[int(layer.shape[1] ** 0.5)].to(layer)
+        rows = torch.arange(len(keep), device=layer.device)
         for where in positions:
             word = layer[rows, :, where.to(layer.device)]  # (batch, pixels): where each caption's word is read
             terms.append(((1 - (word * on_shape).sum(1) / word.sum(1)) ** 2)[keep.to(layer.device)])
