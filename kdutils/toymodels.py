@@ -268,7 +268,7 @@ def train_unet(vae, encoder, tokenizer, pixels: torch.Tensor, scenes: list, reci
     rng = np.random.default_rng(recipe.seed + 22)
     empty = encode_captions(encoder, tokenizer, [""])
     shares = shape_shares(pixels) if recipe.unet_grounding else {}
-    probe = probe_cross_attention(unet) if recipe.unet_grounding else AttentionWeights()
+    probe = probe_cross_attention(unet) if recipe.unet_grounding else None
 
     def loss_at(step):
         idx = torch.randint(len(pixels), (recipe.unet_batch,), generator=generator)
@@ -277,14 +277,14 @@ def train_unet(vae, encoder, tokenizer, pixels: torch.Tensor, scenes: list, reci
         context = drop_captions(encode_captions(encoder, tokenizer, captions), empty, generator)
         noise = torch.randn(latents.shape, generator=generator)
         t = torch.randint(0, noise_schedule.config.num_train_timesteps, (len(idx),), generator=generator)
-        probe.weights.clear()
         loss = denoising_loss(unet, noise_schedule, latents, context, noise, t)
-        if not recipe.unet_grounding:
+        if probe is None:
             return loss
-        kept = ~(context == empty).flatten(1).all(dim=1)
+        weights, probe.weights = probe.weights, []  # this forward's layers; the next step records afresh
+        kept = ~(context == empty).flatten(1).all(dim=1)  # drop_captions copies "" exactly
         positions = [word_positions(tokenizer, captions, [getattr(scenes[i], attribute) for i in idx.tolist()])
                      for attribute in GROUNDED]
-        grounding = grounding_loss(probe.weights, {side: v[idx] for side, v in shares.items()}, positions, kept)
+        grounding = grounding_loss(weights, {side: v[idx] for side, v in shares.items()}, positions, kept)
         return loss + recipe.unet_grounding * grounding
 
     # The moving average with the decay warmup of diffusers' EMAModel (use_ema_warmup=False), kept by hand:
